@@ -1,0 +1,304 @@
+"""Loading prompts and (prompt, teacher response) pairs from JSONL, JSON, Parquet, CSV or a saved `datasets` folder.
+
+A prompt is normalised to a list of chat messages; a string becomes one user message. Every malformed row stops the
+load with a :class:`DataError` naming the file, the row and the field, unless ``skip_bad_rows`` is set, in which case
+the row is counted and described in the returned :class:`LoadReport`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gad.errors import DataError, GadError
+
+# Column names tried in order when no explicit mapping is given. `content`/`teacher_response` are the columns of the
+# paper's released data (ytz20/LMSYS-Chat-GPT-5-Chat-Response); the others are the usual TRL / OpenAI names.
+PROMPT_COLUMNS = ("content", "prompt", "messages", "instruction", "question")
+RESPONSE_COLUMNS = ("teacher_response", "response", "completion", "output", "answer")
+ROLES = ("system", "user", "assistant", "tool", "developer")
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+Messages = list[dict[str, str]]
+
+
+@dataclass
+class LoadReport:
+    """What a load kept and what it skipped (only non-empty when ``skip_bad_rows`` is set)."""
+
+    path: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{self.path}: {self.rows_kept} of {self.rows_read} rows kept"
+        if self.skipped:
+            text += f", {len(self.skipped)} bad rows skipped (first: {self.skipped[0]})"
+        return text
+
+
+@dataclass
+class PromptRow:
+    """One prompt: its id (the file's ``id`` column, or its row number) and its chat messages."""
+
+    id: str
+    messages: Messages
+    record: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class TrainingRow:
+    """One training example: the prompt as chat messages and one teacher response."""
+
+    prompt: Messages
+    response: str
+    id: str = ""
+
+
+def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(location, record)`` for every row of a data file; ``location`` is e.g. ``"line 3"`` or ``"row 3"``."""
+    path = Path(path)
+    if not path.exists():
+        raise GadError(f"data file not found: {path} (check the path, or run `gad collect` to create it)")
+    if path.is_dir():
+        yield from _read_datasets_folder(path)
+    elif path.suffix == ".jsonl":
+        yield from _read_jsonl(path)
+    elif path.suffix == ".json":
+        yield from _read_json(path)
+    elif path.suffix == ".parquet":
+        yield from _read_parquet(path)
+    elif path.suffix == ".csv":
+        yield from _read_csv(path)
+    else:
+        raise GadError(
+            f"{path}: unknown data format '{path.suffix}'; use one of {', '.join(SUFFIXES)} or a saved datasets folder"
+        )
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(
+                    f"not valid JSON ({error.msg} at column {error.colno})", path=str(path), where=f"line {number}"
+                ) from None
+            if not isinstance(record, dict):
+                raise DataError(
+                    f"expected a JSON object, got {type(record).__name__}", path=str(path), where=f"line {number}"
+                )
+            yield f"line {number}", record
+
+
+def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"not valid JSON ({error.msg} at line {error.lineno})", path=str(path)) from None
+    if not isinstance(records, list):
+        raise DataError(
+            "a .json data file must hold a list of objects (use .jsonl for one object per line)", path=str(path)
+        )
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise DataError(
+                f"expected a JSON object, got {type(record).__name__}", path=str(path), where=f"row {number}"
+            )
+        yield f"row {number}", record
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several unrelated types for corrupt files
+        raise DataError(f"cannot read Parquet file ({error})", path=str(path)) from None
+    for number, record in enumerate(table.to_pylist(), start=1):
+        yield f"row {number}", record
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        for record in reader:
+            # DictReader's line_num is the line of the row's end; the header is line 1.
+            yield f"line {reader.line_num}", dict(record)
+
+
+def _read_datasets_folder(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as error:
+        raise DataError(f"not a saved datasets folder ({error})", path=str(path)) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise DataError(f"a DatasetDict needs a 'train' split; found {sorted(loaded)}", path=str(path))
+        loaded = loaded["train"]
+    for number, record in enumerate(loaded, start=1):
+        yield f"row {number}", record
+
+
+def to_messages(value: Any, *, where: str, field_name: str) -> Messages:
+    """Normalise a prompt (a string or a list of chat messages) to a list of ``{"role", "content"}`` messages."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise _row_error("empty prompt", where, field_name)
+        return [{"role": "user", "content": value}]
+    if hasattr(value, "tolist"):  # numpy arrays from Parquet
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise _row_error(
+            f"expected a string or a non-empty list of chat messages, got {_kind(value)}", where, field_name
+        )
+    messages: Messages = []
+    for index, message in enumerate(value):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise _row_error(f"message {index} must be an object with 'role' and 'content'", where, field_name)
+        role, content = message["role"], message["content"]
+        if role not in ROLES:
+            raise _row_error(f"message {index} has unknown role {role!r} (expected one of {ROLES})", where, field_name)
+        if not isinstance(content, str):
+            raise _row_error(f"message {index} content must be a string, got {_kind(content)}", where, field_name)
+        messages.append({"role": role, "content": content})
+    if not any(m["content"].strip() for m in messages if m["role"] != "system"):
+        raise _row_error("empty prompt", where, field_name)
+    return messages
+
+
+def to_response(value: Any, *, where: str, field_name: str) -> str:
+    """Normalise a response: a string, or a one-message assistant list (TRL's conversational completion)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) and "content" in value[0]:
+        value = value[0]["content"]
+    if not isinstance(value, str):
+        raise _row_error(f"expected a string response, got {_kind(value)}", where, field_name)
+    if not value.strip():
+        raise _row_error("empty response", where, field_name)
+    return value
+
+
+def load_prompts(
+    path: str | Path,
+    *,
+    prompt_column: str | None = None,
+    id_column: str = "id",
+    skip_bad_rows: bool = False,
+) -> tuple[list[PromptRow], LoadReport]:
+    """Load a prompt file. Prompts come from ``prompt_column`` or the first of :data:`PROMPT_COLUMNS` present."""
+    report = LoadReport(str(path))
+    rows: list[PromptRow] = []
+    for where, record in read_records(path):
+        report.rows_read += 1
+        try:
+            column = prompt_column or _find_column(record, PROMPT_COLUMNS, "prompt", where, str(path))
+            if column not in record or record[column] is None:
+                raise _row_error("missing field", where, column)
+            messages = to_messages(record[column], where=where, field_name=column)
+            if column == "messages" and messages[-1]["role"] == "assistant":
+                messages = messages[:-1]  # a full conversation: its prompt is everything before the last answer
+            row_id = record.get(id_column)
+            rows.append(PromptRow(str(row_id) if row_id is not None else str(report.rows_read), messages, record))
+        except DataError as error:
+            _skip_or_raise(error, report, skip_bad_rows, path)
+    report.rows_kept = len(rows)
+    _require_rows(rows, report)
+    return rows, report
+
+
+def load_training_rows(
+    path: str | Path,
+    *,
+    prompt_column: str | None = None,
+    response_column: str | None = None,
+    skip_bad_rows: bool = False,
+) -> tuple[list[TrainingRow], LoadReport]:
+    """Load (prompt, teacher response) pairs.
+
+    Columns default to the first present of :data:`PROMPT_COLUMNS` and :data:`RESPONSE_COLUMNS`; a ``messages``
+    column whose last message is the assistant's is split into prompt and response.
+    """
+    report = LoadReport(str(path))
+    rows: list[TrainingRow] = []
+    for where, record in read_records(path):
+        report.rows_read += 1
+        try:
+            rows.append(_training_row(record, where, str(path), prompt_column, response_column, report.rows_read))
+        except DataError as error:
+            _skip_or_raise(error, report, skip_bad_rows, path)
+    report.rows_kept = len(rows)
+    _require_rows(rows, report)
+    return rows, report
+
+
+def _training_row(
+    record: dict, where: str, path: str, prompt_column: str | None, response_column: str | None, number: int
+) -> TrainingRow:
+    prompt_key = prompt_column or _find_column(record, PROMPT_COLUMNS, "prompt", where, path)
+    if prompt_key not in record or record[prompt_key] is None:
+        raise _row_error("missing field", where, prompt_key)
+    prompt = to_messages(record[prompt_key], where=where, field_name=prompt_key)
+    response_key = response_column or next((c for c in RESPONSE_COLUMNS if c in record), None)
+    if response_key is None and prompt[-1]["role"] == "assistant":
+        prompt, response = prompt[:-1], prompt[-1]["content"]
+        if not response.strip():
+            raise _row_error("empty response", where, prompt_key)
+    else:
+        if response_key is None:
+            raise _row_error(
+                f"no response column (looked for {', '.join(RESPONSE_COLUMNS)}; map yours with response_column=NAME)",
+                where,
+                None,
+            )
+        if response_key not in record or record[response_key] is None:
+            raise _row_error("missing field", where, response_key)
+        response = to_response(record[response_key], where=where, field_name=response_key)
+    if prompt[-1]["role"] == "assistant":
+        raise _row_error("the prompt ends with an assistant message; the response must be separate", where, prompt_key)
+    row_id = record.get("id")
+    return TrainingRow(prompt, response, str(row_id) if row_id is not None else str(number))
+
+
+def _find_column(record: dict, candidates: tuple[str, ...], what: str, where: str, path: str) -> str:
+    for name in candidates:
+        if name in record:
+            return name
+    found = ", ".join(map(str, record)) or "nothing"
+    raise DataError(
+        f"no {what} column (looked for {', '.join(candidates)}; found {found}); map yours with {what}_column=NAME",
+        where=where,
+    )
+
+
+def _row_error(message: str, where: str, field_name: str | None) -> DataError:
+    return DataError(message, where=where, field=field_name)
+
+
+def _skip_or_raise(error: DataError, report: LoadReport, skip_bad_rows: bool, path: str | Path) -> None:
+    located = error if error.path else error.located(str(path))
+    if not skip_bad_rows:
+        hint = " (fix the row, or set skip_bad_rows to count and skip bad rows)"
+        raise DataError(located.message + hint, path=located.path, where=located.where, field=located.field) from None
+    report.skipped.append(str(located))
+
+
+def _require_rows(rows: list, report: LoadReport) -> None:
+    if not rows:
+        detail = f" ({len(report.skipped)} bad rows skipped)" if report.skipped else ""
+        raise GadError(f"{report.path}: no usable rows{detail}; the dataset is empty")
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
