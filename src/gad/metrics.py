@@ -7,6 +7,7 @@ training logs (a diagnostic only: GAD can score better with a lower ROUGE-L).
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 _WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
@@ -38,3 +39,46 @@ def rouge_l(candidate: str, reference: str) -> float:
         return 0.0
     precision, recall = lcs / len(a), lcs / len(b)
     return 2 * precision * recall / (precision + recall)
+
+
+# --- Judge-free evaluation metrics (gad.md §5.6: n-gram overlap with the teacher, diversity, length) ---------------
+
+
+def ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
+    """Multiset of the n-grams of a token list (empty when the list is shorter than ``n``)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+
+
+def ngram_f1(candidate: str, reference: str, n: int) -> float:
+    """F1 (0..1) of clipped n-gram matches between two texts, as in the paper's Fig. 4 overlap analysis.
+
+    Matches are counted with multiplicity, clipped by the other text's count (the BLEU/ROUGE-N convention), so
+    repeating a phrase does not inflate the score. Two texts that both have no n-grams score 1, one alone 0.
+    """
+    a, b = ngrams(words(candidate), n), ngrams(words(reference), n)
+    total_a, total_b = sum(a.values()), sum(b.values())
+    if not total_a or not total_b:
+        return float(total_a == total_b)
+    overlap = sum((a & b).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / total_a, overlap / total_b
+    return 2 * precision * recall / (precision + recall)
+
+
+def distinct_n(texts: list[str] | str, n: int) -> float:
+    """Distinct-n (0..1): unique n-grams over all n-grams of a set of answers; low values mean repetition."""
+    if isinstance(texts, str):
+        texts = [texts]
+    seen: Counter[tuple[str, ...]] = Counter()
+    for text in texts:
+        seen.update(ngrams(words(text), n))
+    total = sum(seen.values())
+    return len(seen) / total if total else 0.0
+
+
+def word_count(text: str) -> int:
+    """Number of whitespace-separated words (the human notion of length, independent of any tokenizer)."""
+    return len(text.split())

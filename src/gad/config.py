@@ -1,0 +1,228 @@
+"""Configuration of the three training stages, one dataclass each, in TRL's style.
+
+Each config extends the TRL config its trainer uses (``SFTConfig`` for SeqKD, ``GRPOConfig`` for warmup and GAD), so
+every TRL / ``transformers.TrainingArguments`` option (batch sizes, ``report_to``, DeepSpeed, vLLM rollouts, ...) is
+available unchanged. The defaults follow the GAD paper's reference run (``gad.md`` §4): learning rate 1e-6 for the
+student and the discriminator in warmup and GAD (5e-6 for SeqKD), gradient clip 0.2, 8 samples per prompt at
+temperature 0.8, KL weight 0.001 (k3 estimator) to the stage's starting policy, constant learning rate, AdamW with
+weight decay 0.01, one update per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import GRPOConfig, SFTConfig
+
+from gad.discriminator import LOSSES
+from gad.errors import GadError
+
+STUDENT_OBJECTIVES = ("policy_gradient", "teacher_sft")
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class _StudentData:
+    """Fields every stage shares: the student checkpoint and the teacher data."""
+
+    student: str | None = field(
+        default=None,
+        metadata=_help(
+            "Student checkpoint: a Hugging Face model folder, or 'builtin:tiny-llama' for the tiny test model."
+        ),
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata=_help(
+            "Teacher data: JSONL, JSON, Parquet, CSV or a saved datasets folder with one prompt and one teacher "
+            "response per row (e.g. the output of `gad collect`)."
+        ),
+    )
+    prompt_column: str | None = field(
+        default=None, metadata=_help("Prompt column; default: the first of content, prompt, messages, instruction.")
+    )
+    response_column: str | None = field(
+        default=None, metadata=_help("Teacher response column; default: the first of teacher_response, response, ...")
+    )
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata=_help("Count and skip malformed rows instead of stopping at the first one (the default)."),
+    )
+    max_prompt_length: int | None = field(
+        default=2048, metadata=_help("Prompts longer than this (in student tokens) lose the end of their last message.")
+    )
+
+
+def _validate_common(config) -> None:
+    if not config.student:
+        raise GadError("no student model: set `student: PATH` in the recipe (or student=PATH on the command line)")
+    if not config.train_file:
+        raise GadError("no training data: set `train_file: PATH` in the recipe (or train_file=PATH)")
+    if config.max_prompt_length is not None and config.max_prompt_length < 1:
+        raise GadError(f"max_prompt_length must be positive, got {config.max_prompt_length}")
+
+
+def _resolve_precision(config) -> None:
+    # TRL defaults to bf16, which is slower than fp32 on CPUs; use bf16 only where a GPU supports it.
+    if config.bf16 is None:
+        import torch
+
+        config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not config.fp16
+
+
+@dataclass
+class SeqKDConfig(SFTConfig, _StudentData):
+    """SeqKD: supervised fine-tuning of the student on the teacher's responses, loss on response tokens only.
+
+    The paper's baseline (learning rate 5e-6 from {1e-6, 5e-6}, 3 epochs, gradient clip 0.2).
+    """
+
+    learning_rate: float = field(default=5e-6, metadata=_help("Student learning rate (paper: 5e-6)."))
+    max_completion_length: int | None = field(
+        default=1536, metadata=_help("Teacher responses longer than this (in student tokens) are cut at the end.")
+    )
+    num_train_epochs: float = field(default=3.0, metadata=_help("Epochs over the teacher data (paper: 3)."))
+    max_grad_norm: float = field(default=0.2, metadata=_help("Gradient clipping (paper: 0.2)."))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (verl's default, 0.01)."))
+    lr_scheduler_type: str = field(default="constant", metadata=_help("Learning-rate schedule (paper: constant)."))
+    logging_steps: float = field(default=1, metadata=_help("Log every N optimizer steps."))
+    save_steps: float = field(default=50, metadata=_help("Checkpoint every N optimizer steps (paper: 50)."))
+    activation_checkpointing: bool | None = field(
+        default=False, metadata=_help("Recompute activations in the backward pass: less memory, slower (GPU runs).")
+    )
+    gradient_checkpointing: bool | None = field(default=None, metadata=_help("Deprecated alias of the above."))
+    completion_only_loss: bool | None = field(default=True, metadata=_help("Loss on the teacher response only."))
+    report_to: str | list[str] | None = field(
+        default="none", metadata=_help("Where else to log: none, tensorboard, wandb, ... (metrics.jsonl always).")
+    )
+
+    def __post_init__(self):
+        _validate_common(self)
+        _resolve_precision(self)
+        if self.max_completion_length is not None and self.max_completion_length < 1:
+            raise GadError(f"max_completion_length must be positive, got {self.max_completion_length}")
+        if self.max_prompt_length is not None and self.max_completion_length is not None:
+            self.max_length = self.max_prompt_length + self.max_completion_length
+        super().__post_init__()
+
+
+@dataclass
+class GADConfig(GRPOConfig, _StudentData):
+    """GAD's adversarial stage: the student is trained with GRPO on the discriminator's score, and the discriminator
+    is trained at every step, on the same fresh samples, to rank the teacher's response above them (Bradley-Terry).
+
+    Per step (the paper's Algorithm 1): sample ``num_generations`` responses per prompt; reward = the discriminator's
+    raw score before its update; group-normalised advantages; one discriminator step; one student step.
+    With ``student_objective="teacher_sft"`` the same loop is the warmup stage (see :class:`WarmupConfig`).
+    """
+
+    discriminator: str | None = field(
+        default=None,
+        metadata=_help(
+            "Discriminator checkpoint: a causal-LM folder (a new scalar head is added; the paper starts from the "
+            "student) or a sequence-classification folder from an earlier stage. Default: the student checkpoint. "
+            "Another tokenizer than the student's is fine: the discriminator scores text."
+        ),
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata=_help(
+            "Output folder of an earlier stage (normally warmup): student and discriminator start from its "
+            "student/ and discriminator/ folders unless `student`/`discriminator` are given."
+        ),
+    )
+    student_objective: str = field(
+        default="policy_gradient",
+        metadata=_help(
+            "How the student learns: 'policy_gradient' (GAD: GRPO on the discriminator's score) or 'teacher_sft' "
+            "(warmup: cross-entropy on the teacher response)."
+        ),
+    )
+    d_only_steps: int = field(
+        default=0, metadata=_help("Steps at the start in which only the discriminator trains (paper's warmup: 10).")
+    )
+    discriminator_learning_rate: float = field(default=1e-6, metadata=_help("Discriminator learning rate (1e-6)."))
+    discriminator_weight_decay: float = field(default=0.01, metadata=_help("Discriminator AdamW weight decay."))
+    discriminator_max_grad_norm: float | None = field(
+        default=0.2, metadata=_help("Discriminator gradient clipping (paper: 0.2).")
+    )
+    discriminator_loss: str = field(
+        default="bradley_terry",
+        metadata=_help("'bradley_terry' (the paper's) or 'cross_entropy' (the paper's weaker ablation)."),
+    )
+    discriminator_batch_size: int = field(
+        default=16, metadata=_help("Sequences per discriminator forward pass; bounds memory, not the update.")
+    )
+    discriminator_max_length: int = field(
+        default=4096, metadata=_help("Longest [prompt; response] the discriminator reads; cut from the left.")
+    )
+    length_warning_ratio: float | None = field(
+        default=2.0,
+        metadata=_help(
+            "Warn when the student's mean response length passes this multiple of the teacher's (the reward-hacking "
+            "sign the paper shows for frozen discriminators). None disables the warning."
+        ),
+    )
+    learning_rate: float = field(default=1e-6, metadata=_help("Student learning rate (paper: 1e-6)."))
+    beta: float = field(default=0.001, metadata=_help("KL weight to the stage's starting policy (k3 estimator)."))
+    num_generations: int | None = field(default=8, metadata=_help("Student samples per prompt (paper: 8)."))
+    temperature: float = field(default=0.8, metadata=_help("Sampling temperature (paper: 0.8)."))
+    max_completion_length: int | None = field(
+        default=1536, metadata=_help("Longest student sample and teacher response, in student tokens (paper: 1536).")
+    )
+    num_train_epochs: float = field(default=2.0, metadata=_help("Epochs over the prompts (paper: 2 for GAD)."))
+    max_grad_norm: float = field(default=0.2, metadata=_help("Student gradient clipping (paper: 0.2)."))
+    weight_decay: float = field(default=0.01, metadata=_help("Student AdamW weight decay (verl's default, 0.01)."))
+    lr_scheduler_type: str = field(default="constant", metadata=_help("Learning-rate schedule (paper: constant)."))
+    logging_steps: float = field(default=1, metadata=_help("Log every N optimizer steps."))
+    save_steps: float = field(default=50, metadata=_help("Checkpoint every N optimizer steps (paper: 50)."))
+    activation_checkpointing: bool | None = field(
+        default=False, metadata=_help("Recompute activations in the backward pass: less memory, slower (GPU runs).")
+    )
+    gradient_checkpointing: bool | None = field(default=None, metadata=_help("Deprecated alias of the above."))
+    report_to: str | list[str] | None = field(
+        default="none", metadata=_help("Where else to log: none, tensorboard, wandb, ... (metrics.jsonl always).")
+    )
+
+    def __post_init__(self):
+        if self.init_from:
+            folder = Path(self.init_from)
+            if not folder.is_dir():
+                raise GadError(f"init_from folder not found: {folder} (run the warmup stage first, or set student=)")
+            self.student = self.student or str(folder / "student")
+            self.discriminator = self.discriminator or str(folder / "discriminator")
+        _validate_common(self)
+        _resolve_precision(self)
+        if self.student_objective not in STUDENT_OBJECTIVES:
+            raise GadError(
+                f"unknown student_objective '{self.student_objective}'; choose one of {', '.join(STUDENT_OBJECTIVES)}"
+            )
+        if self.discriminator_loss not in LOSSES:
+            raise GadError(f"unknown discriminator_loss '{self.discriminator_loss}'; choose one of {', '.join(LOSSES)}")
+        if self.num_generations is not None and self.num_generations < 2:
+            raise GadError("num_generations must be at least 2: GRPO compares samples of the same prompt")
+        for name in ("discriminator_learning_rate", "discriminator_batch_size", "discriminator_max_length"):
+            if getattr(self, name) <= 0:
+                raise GadError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.d_only_steps < 0:
+            raise GadError(f"d_only_steps must be >= 0, got {self.d_only_steps}")
+        super().__post_init__()
+
+
+@dataclass
+class WarmupConfig(GADConfig):
+    """GAD's warmup: one epoch in which the student is fine-tuned on the teacher's responses (SeqKD) while the
+    discriminator learns, on fresh samples of the current student, to rank the teacher above them; the discriminator
+    trains alone for the first ``d_only_steps`` steps (paper: 10)."""
+
+    student_objective: str = field(default="teacher_sft", metadata=_help("Warmup fine-tunes on teacher responses."))
+    d_only_steps: int = field(default=10, metadata=_help("Discriminator-only steps at the start (paper: 10)."))
+    beta: float = field(default=0.0, metadata=_help("No KL term in warmup: the student's loss is cross-entropy."))
+    num_train_epochs: float = field(default=1.0, metadata=_help("One epoch (paper)."))
+
+
+STAGES = {"seqkd": SeqKDConfig, "warmup": WarmupConfig, "gad": GADConfig}

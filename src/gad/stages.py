@@ -1,0 +1,126 @@
+"""Running one training stage end to end: data, models, trainer, checkpoints, final folders.
+
+Reads top to bottom like the paper's pipeline. Every stage writes into its output folder:
+``config.yaml`` (the resolved config), ``metrics.jsonl``, ``checkpoint-N/`` every ``save_steps`` (the student at the
+folder's root, ``discriminator/`` beside it), and at the end ``student/`` and, for warmup and gad,
+``discriminator/``: plain Hugging Face folders that load without gad.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import yaml
+
+from gad.callbacks import METRICS_FILE, CheckpointMarker, MetricsFile, NanGuard, checkpoint_step, latest_checkpoint
+from gad.config import GADConfig, SeqKDConfig
+from gad.data import load_training_rows
+from gad.discriminator import Discriminator
+from gad.errors import GadError
+from gad.models import cache_dir, load_tokenizer, require_model_folder
+from gad.prepare import gad_dataset, sft_dataset, truncate_rows
+from gad.tiny import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+def run_stage(stage: str, config: SeqKDConfig | GADConfig, *, resume: bool | str = False, overwrite: bool = False):
+    """Train one stage (``seqkd``, ``warmup`` or ``gad``) and return its output folder."""
+    output_dir = Path(config.output_dir)
+    checkpoint = _checkpoint_to_resume(output_dir, resume, overwrite)
+
+    # The student and its tokenizer (prompts are rendered with the student's chat template).
+    student = resolve_model(config.student, cache_dir())
+    require_model_folder(student, "student")
+    tokenizer = load_tokenizer(student)
+
+    # The teacher data, truncated to the configured lengths (counted, never dropped).
+    rows, report = load_training_rows(
+        config.train_file,
+        prompt_column=config.prompt_column,
+        response_column=config.response_column,
+        skip_bad_rows=config.skip_bad_rows,
+    )
+    logger.info(report.summary())
+    rows, lengths, truncation = truncate_rows(
+        rows, tokenizer, max_prompt_length=config.max_prompt_length, max_response_length=config.max_completion_length
+    )
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_config(output_dir / "config.yaml", stage, config, data={**vars(truncation), "skipped": report.skipped})
+    callbacks = [
+        MetricsFile(output_dir, stage, resume_step=checkpoint_step(checkpoint) if checkpoint else None),
+        NanGuard(),
+        CheckpointMarker(),
+    ]
+
+    discriminator = None
+    if stage == "seqkd":
+        from trl import SFTTrainer
+
+        trainer = SFTTrainer(
+            model=student,
+            args=config,
+            train_dataset=sft_dataset(rows),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    else:
+        from gad.gad_trainer import GADTrainer
+
+        discriminator_path = resolve_model(config.discriminator or student, cache_dir())
+        discriminator = Discriminator.from_pretrained(
+            discriminator_path, max_length=config.discriminator_max_length, seed=config.seed
+        )
+        trainer = GADTrainer(
+            model=student,
+            args=config,
+            discriminator=discriminator,
+            train_dataset=gad_dataset(rows, lengths),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    if trainer.accelerator.is_main_process:
+        trainer.save_model(str(output_dir / "student"))
+        tokenizer.save_pretrained(output_dir / "student")
+        if discriminator is not None:
+            discriminator.save_pretrained(output_dir / "discriminator")
+    trainer.accelerator.wait_for_everyone()
+    logger.info("%s finished: student in %s", stage, output_dir / "student")
+    return output_dir
+
+
+def write_config(path: Path, stage: str, config, data: dict) -> None:
+    """The resolved config, every default included, so that a run can be repeated exactly."""
+    resolved = {"stage": stage, **config.to_dict(), "data": data}
+    path.write_text(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None))
+
+
+def _checkpoint_to_resume(output_dir: Path, resume: bool | str, overwrite: bool) -> Path | None:
+    if resume and not isinstance(resume, bool):
+        checkpoint = Path(resume)
+        if not checkpoint.is_dir():
+            raise GadError(f"checkpoint not found: {checkpoint}")
+        return checkpoint
+    if resume:
+        checkpoint = latest_checkpoint(output_dir)
+        if checkpoint is None:
+            raise GadError(f"no complete checkpoint in {output_dir} to resume from; run without --resume")
+        logger.info("resuming from %s", checkpoint)
+        return checkpoint
+    earlier = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
+    if earlier and not overwrite:
+        raise GadError(
+            f"{output_dir} holds checkpoints of an earlier run; pass --resume to continue it, --overwrite to start "
+            "again, or choose another run_dir"
+        )
+    for folder in earlier:
+        shutil.rmtree(folder)
+    if overwrite and (output_dir / METRICS_FILE).exists():
+        (output_dir / METRICS_FILE).unlink()
+    return None

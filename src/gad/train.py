@@ -1,0 +1,72 @@
+"""`gad train`: run one or more training stages from a recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+from gad.config import STAGES
+from gad.errors import GadError
+from gad.recipe import load_recipe, parse_overrides, resolve_stage
+
+EPILOG = """
+stages:
+  seqkd   supervised fine-tuning on the teacher's responses (the baseline)
+  warmup  GAD warmup: the student is fine-tuned on teacher responses while the discriminator learns to rank
+          teacher above student (discriminator alone for the first d_only_steps)
+  gad     GAD: GRPO on the discriminator's score, the discriminator updated every step (starts from RUN_DIR/warmup)
+
+examples:
+  gad train --stage seqkd --config recipes/tiny-cpu.yaml
+  gad train --stage warmup,gad --config recipes/tiny-cpu.yaml learning_rate=2e-6 gad.num_generations=4
+  gad train --stage gad --config recipes/tiny-cpu.yaml --resume
+Any field of the stage's config (gad.config, plus every TRL GRPOConfig / SFTConfig option) can be set as KEY=VALUE.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a student: --stage seqkd | warmup | gad",
+        description="Train the student (and the discriminator) for one or more stages of a recipe.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--stage", required=True, help="seqkd, warmup or gad; several, comma-separated, run in order (warmup,gad)"
+    )
+    parser.add_argument("--config", metavar="RECIPE.yaml", help="the recipe (YAML); see recipes/")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CHECKPOINT",
+        help="continue a killed run: from its newest complete checkpoint, or from CHECKPOINT",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="discard checkpoints of an earlier run and start again")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    stages = [s.strip() for s in args.stage.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise GadError(f"unknown stage '{','.join(unknown) or args.stage}'; choose from {', '.join(STAGES)}")
+    if args.resume and not isinstance(args.resume, bool) and len(stages) > 1:
+        raise GadError("--resume CHECKPOINT names one checkpoint: run a single stage with it")
+    recipe = load_recipe(args.config)
+    overrides = parse_overrides(args.overrides)
+    for stage in stages:
+        config = resolve_stage(recipe, stage, overrides, source=args.config or "")
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump({"stage": stage, **config.to_dict()}, sort_keys=False))
+            continue
+        from gad.stages import run_stage
+
+        output = run_stage(stage, config, resume=args.resume, overwrite=args.overwrite)
+        print(f"{stage}: done -> {output}/student" + ("" if stage == "seqkd" else f", {output}/discriminator"))
+    return 0
