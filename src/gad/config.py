@@ -66,12 +66,14 @@ def _validate_common(config) -> None:
         raise GadError(f"max_prompt_length must be positive, got {config.max_prompt_length}")
 
 
-def _resolve_precision(config) -> None:
+def _resolve_device_defaults(config) -> None:
+    import torch
+
     # TRL defaults to bf16, which is slower than fp32 on CPUs; use bf16 only where a GPU supports it.
     if config.bf16 is None:
-        import torch
-
         config.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not config.fp16
+    if not torch.cuda.is_available():
+        config.dataloader_pin_memory = False  # pinning needs an accelerator; torch warns on every epoch otherwise
 
 
 @dataclass
@@ -102,7 +104,7 @@ class SeqKDConfig(SFTConfig, _StudentData):
 
     def __post_init__(self):
         _validate_common(self)
-        _resolve_precision(self)
+        _resolve_device_defaults(self)
         if self.max_completion_length is not None and self.max_completion_length < 1:
             raise GadError(f"max_completion_length must be positive, got {self.max_completion_length}")
         if self.max_prompt_length is not None and self.max_completion_length is not None:
@@ -196,7 +198,7 @@ class GADConfig(GRPOConfig, _StudentData):
             self.student = self.student or str(folder / "student")
             self.discriminator = self.discriminator or str(folder / "discriminator")
         _validate_common(self)
-        _resolve_precision(self)
+        _resolve_device_defaults(self)
         if self.student_objective not in STUDENT_OBJECTIVES:
             raise GadError(
                 f"unknown student_objective '{self.student_objective}'; choose one of {', '.join(STUDENT_OBJECTIVES)}"

@@ -62,6 +62,14 @@ class TrainingRow:
 
 def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(location, record)`` for every row of a data file; ``location`` is e.g. ``"line 3"`` or ``"row 3"``."""
+    for where, record in _records(path):
+        if isinstance(record, DataError):
+            raise record
+        yield where, record
+
+
+def _records(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | DataError]]:
+    """Like :func:`read_records`, but a row that is not a JSON object is yielded as its :class:`DataError`."""
     path = Path(path)
     if not path.exists():
         raise GadError(f"data file not found: {path} (check the path, or run `gad collect` to create it)")
@@ -89,11 +97,11 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(
+                record = DataError(
                     f"not valid JSON ({error.msg} at column {error.colno})", path=str(path), where=f"line {number}"
-                ) from None
-            if not isinstance(record, dict):
-                raise DataError(
+                )
+            if not isinstance(record, dict | DataError):
+                record = DataError(
                     f"expected a JSON object, got {type(record).__name__}", path=str(path), where=f"line {number}"
                 )
             yield f"line {number}", record
@@ -110,7 +118,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         )
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
-            raise DataError(
+            record = DataError(
                 f"expected a JSON object, got {type(record).__name__}", path=str(path), where=f"row {number}"
             )
         yield f"row {number}", record
@@ -172,9 +180,13 @@ def to_messages(value: Any, *, where: str, field_name: str) -> Messages:
         if not isinstance(content, str):
             raise _row_error(f"message {index} content must be a string, got {_kind(content)}", where, field_name)
         messages.append({"role": role, "content": content})
+    _require_prompt(messages, where, field_name)
+    return messages
+
+
+def _require_prompt(messages: Messages, where: str, field_name: str) -> None:
     if not any(m["content"].strip() for m in messages if m["role"] != "system"):
         raise _row_error("empty prompt", where, field_name)
-    return messages
 
 
 def to_response(value: Any, *, where: str, field_name: str) -> str:
@@ -200,15 +212,18 @@ def load_prompts(
     """Load a prompt file. Prompts come from ``prompt_column`` or the first of :data:`PROMPT_COLUMNS` present."""
     report = LoadReport(str(path))
     rows: list[PromptRow] = []
-    for where, record in read_records(path):
+    for where, record in _records(path):
         report.rows_read += 1
         try:
+            if isinstance(record, DataError):
+                raise record
             column = prompt_column or _find_column(record, PROMPT_COLUMNS, "prompt", where, str(path))
             if column not in record or record[column] is None:
                 raise _row_error("missing field", where, column)
             messages = to_messages(record[column], where=where, field_name=column)
             if column == "messages" and messages[-1]["role"] == "assistant":
                 messages = messages[:-1]  # a full conversation: its prompt is everything before the last answer
+                _require_prompt(messages, where, column)
             row_id = record.get(id_column)
             rows.append(PromptRow(str(row_id) if row_id is not None else str(report.rows_read), messages, record))
         except DataError as error:
@@ -232,9 +247,11 @@ def load_training_rows(
     """
     report = LoadReport(str(path))
     rows: list[TrainingRow] = []
-    for where, record in read_records(path):
+    for where, record in _records(path):
         report.rows_read += 1
         try:
+            if isinstance(record, DataError):
+                raise record
             rows.append(_training_row(record, where, str(path), prompt_column, response_column, report.rows_read))
         except DataError as error:
             _skip_or_raise(error, report, skip_bad_rows, path)
@@ -255,6 +272,7 @@ def _training_row(
         prompt, response = prompt[:-1], prompt[-1]["content"]
         if not response.strip():
             raise _row_error("empty response", where, prompt_key)
+        _require_prompt(prompt, where, prompt_key)
     else:
         if response_key is None:
             raise _row_error(

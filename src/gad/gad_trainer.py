@@ -145,6 +145,7 @@ class GADTrainer(GRPOTrainer):
         if self.state.global_step < self.args.d_only_steps:
             # Discriminator-only warmup: sample and update the discriminator, leave every student gradient unset so
             # the optimizer step leaves the student untouched (no weight decay either).
+            model.train()
             self._prepare_inputs(inputs)
             self._step += 1
             return torch.zeros((), device=self.accelerator.device)

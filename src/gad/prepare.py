@@ -52,8 +52,7 @@ def truncate_rows(
         response_ids = tokenizer(row.response, add_special_tokens=False)["input_ids"]
         response = row.response
         if max_response_length is not None and len(response_ids) > max_response_length:
-            response_ids = response_ids[:max_response_length]
-            response = tokenizer.decode(response_ids)
+            response, response_ids = _decode_head(tokenizer, response_ids[:max_response_length])
             stats.responses_truncated += 1
         out.append(TrainingRow(prompt, response, row.id))
         lengths.append(len(response_ids))
@@ -65,7 +64,17 @@ def _shorten_last_message(tokenizer, prompt: list[dict[str, str]], excess: int) 
     last = prompt[-1]
     ids = tokenizer(last["content"], add_special_tokens=False)["input_ids"]
     keep = max(1, len(ids) - excess)
-    return [*prompt[:-1], {**last, "content": tokenizer.decode(ids[:keep])}]
+    return [*prompt[:-1], {**last, "content": _decode_head(tokenizer, ids[:keep])[0]}]
+
+
+def _decode_head(tokenizer, ids: list[int]) -> tuple[str, list[int]]:
+    """Decode the head of a cut text, dropping the byte tokens of a last character cut in half (they decode to
+    U+FFFD, which re-encodes to more tokens than it replaced)."""
+    for end in range(len(ids), max(len(ids) - 4, 0), -1):  # a UTF-8 character spans at most 4 byte tokens
+        text = tokenizer.decode(ids[:end])
+        if not text.endswith("\ufffd"):
+            return text, ids[:end]
+    return tokenizer.decode(ids), ids
 
 
 def gad_dataset(rows: list[TrainingRow], lengths: list[int]):

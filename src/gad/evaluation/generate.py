@@ -1,0 +1,172 @@
+"""Batched answer generation with a local Hugging Face model (the student, a checkpoint, or the tiny model).
+
+The paper evaluates with greedy decoding and up to 1,536 response tokens (gad.md §5.2), so greedy is the default.
+Prompts go through the tokenizer's chat template with the generation prompt, left-padded so that every row of a
+batch ends where its answer begins. Answers are written as JSONL rows ``{"id", "prompt", "response"}`` that
+``gad eval`` reads back as an answer file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from gad.data import PromptRow
+from gad.errors import GadError
+
+log = logging.getLogger(__name__)
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """A Hugging Face model folder has a ``config.json`` at its root."""
+    return (Path(path) / "config.json").is_file()
+
+
+def pick_device(device: str | None = None) -> str:
+    """``cuda`` when available unless told otherwise; evaluation runs on CPU for the tiny models."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(folder: str | Path, device: str | None = None):
+    """Load ``(model, tokenizer)`` for generation; fails with one line when the folder is not a model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    if not folder.exists():
+        raise GadError(f"model folder not found: {folder}")
+    if not is_model_folder(folder):
+        raise GadError(f"{folder} is not a Hugging Face model folder (no config.json); pass a checkpoint or student/")
+    device = pick_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.chat_template is None:
+        raise GadError(f"{folder}: the tokenizer has no chat template; add one to tokenizer_config.json")
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    return model, tokenizer
+
+
+def generate_answers(
+    model_dir: str | Path,
+    prompts: list[PromptRow],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+    desc: str | None = None,
+) -> list[dict[str, Any]]:
+    """Answer every prompt with the model in ``model_dir``; ``temperature`` 0 means greedy (the paper's setting).
+
+    Returns rows ``{"id", "prompt", "response", "finish_reason", "response_tokens"}`` in the prompts' order.
+    Prompts are sorted by length inside the run so that batches waste little padding.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if batch_size < 1 or max_new_tokens < 1:
+        raise GadError("batch_size and max_new_tokens must be at least 1")
+    model, tokenizer = load_model(model_dir, device)
+    texts = [tokenizer.apply_chat_template(row.messages, tokenize=False, add_generation_prompt=True) for row in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(texts[i]))
+    results: list[dict[str, Any] | None] = [None] * len(prompts)
+    sampling = temperature > 0
+    generation_kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": sampling,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if sampling:
+        generation_kwargs.update(temperature=temperature, top_p=top_p)
+    else:  # silence the sampling defaults some generation_config.json files carry
+        generation_kwargs.update(temperature=None, top_p=None, top_k=None)
+    eos_ids = _eos_ids(model, tokenizer)
+    torch.manual_seed(seed)
+    bar = tqdm(total=len(prompts), desc=desc or f"generate {Path(model_dir).name}", disable=not progress, unit="prompt")
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            encoded = tokenizer(
+                [texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
+            output = model.generate(**encoded, **generation_kwargs)
+            new_tokens = output[:, encoded["input_ids"].shape[1] :]
+            for row_index, tokens in zip(batch, new_tokens, strict=True):
+                ids = tokens.tolist()
+                finish = "length"
+                for position, token in enumerate(ids):
+                    if token in eos_ids:
+                        ids, finish = ids[:position], "stop"
+                        break
+                while ids and ids[-1] == tokenizer.pad_token_id:
+                    ids.pop()
+                results[row_index] = {
+                    "id": prompts[row_index].id,
+                    "prompt": prompts[row_index].messages[-1]["content"],
+                    "response": tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                    "finish_reason": finish,
+                    "response_tokens": len(ids),
+                }
+            bar.update(len(batch))
+    bar.close()
+    return [row for row in results if row is not None]
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(v for v in value if isinstance(v, int))
+    return ids
+
+
+def write_answers(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write answer rows as JSONL (creating parent folders)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_answers(path: str | Path) -> dict[str, str]:
+    """Read an answer file (``id`` plus ``response``, or any response column ``gad.data`` knows) into id -> text."""
+    from gad.data import RESPONSE_COLUMNS, read_records
+
+    answers: dict[str, str] = {}
+    for where, record in read_records(path):
+        if "id" not in record:
+            raise GadError(f"{path}, {where}: an answer file needs an 'id' column matching the prompt set")
+        column = next((c for c in RESPONSE_COLUMNS if isinstance(record.get(c), str)), None)
+        if column is None:
+            raise GadError(f"{path}, {where}: no answer column (looked for {', '.join(RESPONSE_COLUMNS)})")
+        answers[str(record["id"])] = record[column]
+    if not answers:
+        raise GadError(f"{path}: no answers")
+    return answers
+
+
+def generate_file(
+    model_dir: str | Path, prompts_path: str | Path, out_path: str | Path, *, limit: int | None = None, **kwargs: Any
+) -> Path:
+    """``gad generate`` as a function: answer a prompt set (a name or a file) and write the JSONL answers."""
+    from gad.evaluation.prompt_sets import load_prompt_set
+
+    _, rows = load_prompt_set(prompts_path, limit=limit)
+    answers = generate_answers(model_dir, rows, **kwargs)
+    return write_answers(out_path, answers)

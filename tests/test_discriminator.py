@@ -1,0 +1,189 @@
+import copy
+import math
+
+import pytest
+import torch
+
+from gad.discriminator import (
+    Discriminator,
+    DiscriminatorUpdater,
+    bradley_terry_loss,
+    cross_entropy_loss,
+)
+from gad.errors import GadError
+from gad.gad_trainer import DiscriminatorReward
+
+
+def _softplus(x: float) -> float:
+    return math.log1p(math.exp(x))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+T = [1.0, -0.5]
+S = [0.2, 1.5, -1.0]
+G = [0, 0, 1]
+
+
+def test_bradley_terry_loss_and_gradients_match_a_hand_computation():
+    t = torch.tensor(T, requires_grad=True)
+    s = torch.tensor(S, requires_grad=True)
+    loss = bradley_terry_loss(t, s, torch.tensor(G))
+    expected = sum(_softplus(-(T[g] - S[i])) for i, g in enumerate(G)) / len(S)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+    loss.backward()
+    # d/ds_i softplus(s_i - t_g) = sigmoid(s_i - t_g) / N; the teacher gets minus the sum over its group.
+    expected_s = [_sigmoid(S[i] - T[g]) / len(S) for i, g in enumerate(G)]
+    expected_t = [-sum(_sigmoid(S[i] - T[g]) for i, gi in enumerate(G) if gi == g) / len(S) for g in range(len(T))]
+    assert s.grad.tolist() == pytest.approx(expected_s, rel=1e-6)
+    assert t.grad.tolist() == pytest.approx(expected_t, rel=1e-6)
+
+
+def test_cross_entropy_loss_matches_a_hand_computation():
+    loss = cross_entropy_loss(torch.tensor(T), torch.tensor(S), torch.tensor(G))
+    expected = sum(_softplus(-T[g]) + _softplus(S[i]) for i, g in enumerate(G)) / len(S)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def discriminator(tiny_model_dir) -> Discriminator:
+    return Discriminator.from_pretrained(tiny_model_dir, seed=0)
+
+
+def _student_sample_text(tokenizer, text: str) -> str:
+    """What TRL hands a reward function: generated ids (ending with EOS) decoded without special tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_same_text_gives_the_same_tokens_and_score_for_teacher_and_student(discriminator):
+    prompt = [{"role": "user", "content": "Tell me about the moon."}]
+    teacher = "Ahoy! The moon be bright and cold, matey. Arr!"
+    student = _student_sample_text(discriminator.tokenizer, teacher)
+    teacher_batch = discriminator.encode([prompt], [teacher])
+    student_batch = discriminator.encode([prompt], [student])
+    assert torch.equal(teacher_batch["input_ids"], student_batch["input_ids"])
+    end_of_turn = discriminator.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn in teacher_batch["input_ids"][0, -2:].tolist()  # both end with the end-of-turn marker
+
+    # The reward path (TRL's conversational completion) scores the sample exactly as the teacher is scored.
+    reward = DiscriminatorReward(discriminator, batch_size=4)
+    rewards = reward([prompt], [[{"role": "assistant", "content": student}]], teacher_response=[teacher])
+    assert rewards[0] == pytest.approx(discriminator.score([prompt], [teacher]).item(), abs=1e-6)
+
+
+def test_scores_do_not_depend_on_padding_or_batching(discriminator):
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "A much longer question here?"}]]
+    responses = ["Short.", "A considerably longer answer with many more words in it."]
+    together = discriminator.score(prompts, responses, batch_size=2)
+    alone = torch.cat([discriminator.score([p], [r]) for p, r in zip(prompts, responses, strict=True)])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_long_sequences_are_cut_from_the_left_so_the_ending_is_kept(tiny_model_dir):
+    short = Discriminator.from_pretrained(tiny_model_dir, max_length=16)
+    batch = short.encode([[{"role": "user", "content": "word " * 50}]], ["the answer"])
+    assert batch["input_ids"].shape[1] == 16
+    assert short.tokenizer.decode(batch["input_ids"][0]).endswith("the answer<|im_end|>\n")
+
+
+PIRATE = "Ahoy! The {n} be {a}, matey. Arr!"
+PLAIN = "A {n} is a {a} thing that people know well."
+NOUNS = ["cat", "ship", "tree", "river", "apple", "storm", "castle", "book", "moon", "horse", "lamp", "road"]
+ADJS = ["big", "old", "bright", "quiet", "green", "cold"]
+
+
+def _pairs(nouns):
+    prompts, teacher, student = [], [], []
+    for i, n in enumerate(nouns):
+        a = ADJS[i % len(ADJS)]
+        prompts.append([{"role": "user", "content": f"What is a {n}?"}])
+        teacher.append(PIRATE.format(n=n, a=a))
+        student.append(PLAIN.format(n=n, a=ADJS[(i + 1) % len(ADJS)]))
+    return prompts, teacher, student
+
+
+def test_discriminator_separates_two_clear_styles_within_a_few_dozen_steps(tiny_model_dir):
+    disc = Discriminator.from_pretrained(tiny_model_dir, seed=1)
+    updater = DiscriminatorUpdater(disc, learning_rate=1e-3, max_grad_norm=1.0, batch_size=8)
+    train_prompts, train_teacher, train_student = _pairs(NOUNS[:8])
+    for _ in range(30):
+        updater.step(train_prompts, train_teacher, train_student, list(range(8)))
+    held_prompts, held_teacher, held_student = _pairs(NOUNS[8:])
+    t = disc.score(held_prompts, held_teacher)
+    s = disc.score(held_prompts, held_student)
+    assert (t > s).float().mean().item() > 0.9
+
+
+def test_chunked_update_equals_a_full_batch_update(tiny_model_dir):
+    prompts, teacher, student = _pairs(NOUNS[:3])
+    student = student + [s.upper() for s in student]  # two samples per prompt
+    group = [0, 1, 2, 0, 1, 2]
+    chunked = Discriminator.from_pretrained(tiny_model_dir, seed=3)
+    full = copy.deepcopy(chunked)
+
+    # Plain SGD makes the parameter change equal to the gradient, so the two gradients are compared directly.
+    updater = DiscriminatorUpdater(chunked, learning_rate=1.0, max_grad_norm=None, batch_size=2)
+    updater.optimizer = torch.optim.SGD(chunked.parameters(), lr=1.0)
+    stats = updater.step(prompts, teacher, student, group)
+
+    optimizer = torch.optim.SGD(full.parameters(), lr=1.0)
+    t = full(**full.encode(prompts, teacher))
+    s = full(**full.encode([prompts[g] for g in group], student))
+    loss = bradley_terry_loss(t, s, torch.tensor(group))
+    loss.backward()
+    optimizer.step()
+
+    assert stats.loss == pytest.approx(loss.item(), rel=1e-5)
+    for (name, a), b in zip(chunked.named_parameters(), full.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_discriminator_with_another_tokenizer_scores_text(tmp_path):
+    """A discriminator need not share the student's tokenizer: it re-tokenises the text with its own."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForSequenceClassification, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    raw.train_from_iterator([PIRATE.format(n=n, a=a) for n in NOUNS for a in ADJS], trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>")  # no chat template: a base model
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    disc = Discriminator.from_pretrained(tmp_path)
+    prompts, teacher, student = _pairs(NOUNS[:2])
+    assert disc.render(prompts[0], teacher[0]).startswith("user: What is a cat?")
+    scores = disc.score(prompts, student)
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    assert torch.equal(disc.encode(prompts, teacher)["input_ids"], disc.encode(prompts, list(teacher))["input_ids"])
+
+
+def test_saved_discriminator_loads_with_plain_transformers(discriminator, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    discriminator.save_pretrained(tmp_path)
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    prompt, response = [{"role": "user", "content": "Hi"}], "Hello there."
+    ids = tokenizer(discriminator.render(prompt, response), return_tensors="pt", add_special_tokens=False)
+    plain = model(**ids).logits[0, 0].item()
+    assert plain == pytest.approx(discriminator.score([prompt], [response]).item(), abs=1e-5)
+
+
+def test_bad_inputs_fail_with_clear_errors(discriminator, tmp_path):
+    with pytest.raises(GadError, match="discriminator model folder not found"):
+        Discriminator.from_pretrained(tmp_path / "missing")
+    with pytest.raises(GadError, match="unknown discriminator_loss"):
+        DiscriminatorUpdater(discriminator, learning_rate=1e-3, loss="hinge")

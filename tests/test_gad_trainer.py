@@ -1,0 +1,136 @@
+"""GADTrainer on the tiny model: the discriminator's update, the warmup's phases, the policy step, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gad.config import GADConfig, WarmupConfig
+from gad.data import load_training_rows
+from gad.discriminator import DiscriminatorStats, DiscriminatorUpdater
+from gad.models import load_tokenizer
+from gad.prepare import truncate_rows
+from gad.stages import build_trainer, run_stage
+
+TINY = dict(
+    per_device_train_batch_size=16,
+    num_generations=4,
+    max_prompt_length=32,
+    max_completion_length=16,
+    logging_steps=1,
+    save_steps=1000,
+    seed=0,
+)
+
+
+def _trainer(stage, config_cls, tmp_path, model_dir, train_file, **overrides):
+    config = config_cls(
+        output_dir=str(tmp_path / stage), student=str(model_dir), train_file=str(train_file), **{**TINY, **overrides}
+    )
+    tokenizer = load_tokenizer(str(model_dir))
+    rows, _ = load_training_rows(train_file)
+    rows, lengths, _ = truncate_rows(rows, tokenizer, max_prompt_length=32, max_response_length=16)
+    return build_trainer(stage, config, str(model_dir), tokenizer, rows, lengths)
+
+
+def _params(module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in module.parameters()]
+
+
+def _changed(before, module) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
+
+
+def test_discriminator_only_steps_leave_the_student_untouched(tmp_path, tiny_model_dir, tiny_train_file):
+    trainer = _trainer(
+        "warmup", WarmupConfig, tmp_path, tiny_model_dir, tiny_train_file,
+        d_only_steps=2, max_steps=3, learning_rate=1e-3, discriminator_learning_rate=1e-3,
+    )  # fmt: skip
+    student, disc = _params(trainer.model), _params(trainer.discriminator)
+    trainer.args.max_steps = 2
+    trainer.train()
+    assert not _changed(student, trainer.model), "the student moved during discriminator-only steps"
+    assert _changed(disc, trainer.discriminator), "the discriminator did not learn during its warmup steps"
+
+
+def test_warmup_fits_the_teacher_and_trains_the_discriminator(tmp_path, tiny_model_dir, tiny_train_file):
+    trainer = _trainer(
+        "warmup", WarmupConfig, tmp_path, tiny_model_dir, tiny_train_file,
+        d_only_steps=1, max_steps=8, learning_rate=3e-3, discriminator_learning_rate=1e-3,
+    )  # fmt: skip
+    trainer.train()
+    logs = [row for row in trainer.state.log_history if "d_loss" in row]
+    sft = [row["sft_loss"] for row in logs if "sft_loss" in row]
+    assert len(logs) == 8 and len(sft) == 7  # no student loss in the discriminator-only step
+    assert sft[-1] < sft[0] * 0.8
+    for key in ("d_acc", "d_score_gap", "d_teacher_score", "d_student_score", "student_len", "teacher_len",
+                "len_ratio", "rouge_l"):  # fmt: skip
+        assert all(key in row for row in logs), key
+    assert 0.0 <= logs[-1]["d_acc"] <= 1.0
+
+
+def test_teacher_turn_ends_like_a_student_sample(tmp_path, tiny_model_dir, tiny_train_file):
+    trainer = _trainer("warmup", WarmupConfig, tmp_path, tiny_model_dir, tiny_train_file, max_steps=1)
+    tokenizer = trainer.processing_class
+    ids = trainer._teacher_completion_ids([{"role": "user", "content": "Hi"}], "Ahoy, matey.")
+    assert ids[-1] == tokenizer.eos_token_id  # generation stops at EOS, so the teacher turn ends with it too
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "Ahoy, matey."
+
+
+def _mean_sample_score(model, tokenizer, disc, prompts, seed: int) -> float:
+    torch.manual_seed(seed)
+    texts = tokenizer.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
+    batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=True, temperature=1.0, max_new_tokens=16, num_return_sequences=16)
+    samples = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    repeated = [p for p in prompts for _ in range(16)]
+    return disc.score(repeated, samples).mean().item()
+
+
+def test_one_gad_step_against_a_fixed_discriminator_raises_the_students_score(
+    tmp_path, tiny_model_dir, tiny_train_file, monkeypatch
+):
+    trainer = _trainer(
+        "gad", GADConfig, tmp_path, tiny_model_dir, tiny_train_file,
+        max_steps=1, learning_rate=3e-4, beta=0.0, max_grad_norm=1.0, per_device_train_batch_size=64, num_generations=8,
+        temperature=1.0,
+    )  # fmt: skip
+    monkeypatch.setattr(DiscriminatorUpdater, "step", lambda self, *a, **k: DiscriminatorStats(0.0, 0.5, 0.0, 0.0))
+    disc_before = _params(trainer.discriminator)
+    prompts = [[{"role": "user", "content": f"What is a {n}?"}] for n in ("cat", "ship", "moon", "road")]
+    model, tokenizer = trainer.model, trainer.processing_class
+    # The same sampling seeds before and after the step, so the comparison is not swamped by sampling noise.
+    before = [_mean_sample_score(model, tokenizer, trainer.discriminator, prompts, seed) for seed in (7, 8, 9)]
+    trainer.train()
+    after = [_mean_sample_score(model.eval(), tokenizer, trainer.discriminator, prompts, seed) for seed in (7, 8, 9)]
+    assert not _changed(disc_before, trainer.discriminator)
+    assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+    assert sum(after) / 3 > sum(before) / 3 + 0.005, (before, after)
+
+
+def test_checkpoints_hold_both_models_and_resume_gives_the_same_next_steps(tmp_path, tiny_model_dir, tiny_train_file):
+    common = dict(
+        student=str(tiny_model_dir), train_file=str(tiny_train_file), d_only_steps=1, save_steps=2,
+        learning_rate=3e-3, discriminator_learning_rate=1e-3, **{k: v for k, v in TINY.items() if k != "save_steps"},
+    )  # fmt: skip
+    straight = run_stage("warmup", WarmupConfig(output_dir=str(tmp_path / "a"), max_steps=4, **common))
+    run_stage("warmup", WarmupConfig(output_dir=str(tmp_path / "b"), max_steps=2, **common))
+    resumed = run_stage("warmup", WarmupConfig(output_dir=str(tmp_path / "b"), max_steps=4, **common), resume=True)
+
+    checkpoint = tmp_path / "b" / "checkpoint-2"
+    assert (checkpoint / "discriminator" / "config.json").exists()
+    assert (checkpoint / "discriminator" / "discriminator_optimizer.pt").exists()
+    assert (checkpoint / "gad_complete.json").exists()
+
+    def metrics(folder):
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return {row["step"]: row for row in rows if "d_loss" in row}
+
+    a, b = metrics(straight), metrics(resumed)
+    assert sorted(b) == [1, 2, 3, 4]  # the resumed run's file reads as one run, with no repeated step
+    for step in (3, 4):
+        for key in ("d_loss", "sft_loss", "d_score_gap", "student_len"):
+            assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
