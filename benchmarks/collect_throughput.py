@@ -110,13 +110,18 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {
         "benchmark": "collect_throughput",
-        "command": "python benchmarks/collect_throughput.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/collect_throughput.py", *sys.argv[1:]]),
         "latency_s": args.latency,
         "sequential_rps": round(baseline, 2),
         "scenarios": results,
         "goal": "achieved >= 90% of min(concurrency / latency, RPM / 60)",
         "goal_met": all(result["fraction_of_bound"] >= 0.9 for result in results),
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        },
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print(f"sequential client: {report['sequential_rps']} req/s; goal met: {report['goal_met']}")

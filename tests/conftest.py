@@ -34,3 +34,28 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_train_file() -> Path:
     return REPO / "recipes" / "data" / "tiny-train.jsonl"
+
+
+TINY_RUN_OVERRIDES = [
+    "seqkd.max_steps=6",
+    "warmup.max_steps=4",
+    "warmup.d_only_steps=1",
+    "gad.max_steps=4",
+    "save_steps=2",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """seqkd, warmup and gad trained once through the real `gad` console script on the tiny recipe (shortened)."""
+    import subprocess
+    import sys
+
+    run = tmp_path_factory.mktemp("tiny-run") / "run"
+    gad = Path(sys.executable).parent / "gad"
+    command = [str(gad), "train", "--stage", "seqkd,warmup,gad", "--config", str(REPO / "recipes" / "tiny-cpu.yaml"),
+               f"run_dir={run}", *TINY_RUN_OVERRIDES]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run / "train.log").write_text(result.stdout + result.stderr)
+    return run

@@ -39,24 +39,8 @@ def pirate_judge(kind: str, user: str) -> str:
     return "[[A]]" if pa > pb else "[[B]]" if pb > pa else "[[C]]"
 
 
-def test_train_eval_select_report(tmp_path, capsys):
-    run = tmp_path / "run"
-    code = main(
-        [
-            "train",
-            "--stage",
-            "seqkd,warmup,gad",
-            "--config",
-            str(RECIPE),
-            f"run_dir={run}",
-            "seqkd.max_steps=2",
-            "warmup.max_steps=2",
-            "warmup.d_only_steps=1",
-            "gad.max_steps=4",
-            "save_steps=2",
-        ]
-    )
-    assert code == 0
+def test_train_eval_select_report(tiny_run, tmp_path, capsys):
+    run = tiny_run  # seqkd, warmup and gad trained through the CLI (conftest)
     rows = [json.loads(line) for line in TRAIN.read_text().splitlines()[:3]]
     prompts = tmp_path / "evalset.jsonl"
     prompts.write_text("".join(json.dumps({"id": r["id"], "prompt": r["prompt"]}) + "\n" for r in rows))

@@ -129,7 +129,8 @@ def smollm2_gguf() -> Path:
 
 
 def _gguf_folder(gguf: Path, cache: str | Path | None) -> Path:
-    root = Path(cache) if cache else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "gad" / "models"
+    """Where a converted GGUF goes: ``$GAD_CACHE_DIR/models`` (default ``~/.cache/gad/models``), as built-in models."""
+    root = Path(cache) if cache else Path(os.environ.get("GAD_CACHE_DIR", Path.home() / ".cache" / "gad")) / "models"
     return root / gguf.stem
 
 

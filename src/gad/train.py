@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gad.config import STAGES
 from gad.errors import GadError
-from gad.recipe import load_recipe, parse_overrides, resolve_stage
 
 EPILOG = """
 stages:
@@ -50,6 +48,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here so that `gad --help` and the other commands start without loading torch and TRL.
+    from gad.config import STAGES
+    from gad.recipe import load_recipe, parse_overrides, resolve_stage
+
     stages = [s.strip() for s in args.stage.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:

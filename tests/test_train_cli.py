@@ -1,0 +1,124 @@
+"""`gad train` end to end through the CLI: all three stages, plain-transformers loading, kill -9 and --resume,
+and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gad.callbacks import NanGuard
+from gad.cli import main
+from gad.errors import GadError
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPE = REPO / "recipes" / "tiny-cpu.yaml"
+GAD = Path(sys.executable).parent / "gad"
+
+
+def test_all_three_stages_write_plain_hugging_face_folders(tiny_run):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    for stage in ("seqkd", "warmup", "gad"):
+        folder = tiny_run / stage
+        assert (folder / "config.yaml").exists() and (folder / "metrics.jsonl").exists()
+        assert (folder / "checkpoint-2" / "gad_complete.json").exists()
+        tokenizer = AutoTokenizer.from_pretrained(folder / "student")
+        model = AutoModelForCausalLM.from_pretrained(folder / "student")
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "What is a cat?"}], add_generation_prompt=True, return_tensors="pt",
+            return_dict=True,
+        )  # fmt: skip
+        out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+        assert out.shape[1] > prompt["input_ids"].shape[1]
+        if stage != "seqkd":
+            disc = AutoModelForSequenceClassification.from_pretrained(folder / "discriminator")
+            assert disc.config.num_labels == 1
+            assert torch.isfinite(disc(**tokenizer("text", return_tensors="pt")).logits).all()
+            assert (folder / "checkpoint-2" / "discriminator" / "config.json").exists()
+
+    gad_metrics = [json.loads(line) for line in (tiny_run / "gad" / "metrics.jsonl").read_text().splitlines()]
+    logged = [row for row in gad_metrics if "reward" in row]
+    assert [row["step"] for row in logged] == [2, 4]
+    for key in ("d_loss", "d_acc", "d_score_gap", "kl", "entropy", "reward_std", "rouge_l", "len_ratio"):
+        assert all(math.isfinite(row[key]) for row in logged), key
+    resolved = (tiny_run / "gad" / "config.yaml").read_text()
+    assert f"init_from: {tiny_run / 'warmup'}" in resolved and "beta: 0.001" in resolved
+
+
+def test_a_run_killed_with_sigkill_resumes_from_its_last_complete_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    command = [str(GAD), "train", "--stage", "warmup", "--config", str(RECIPE), f"run_dir={run}", "max_steps=24",
+               "save_steps=2", "logging_steps=1", "d_only_steps=1"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((run / "warmup").glob("checkpoint-4/gad_complete.json")):
+        assert process.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run / "warmup" / "student").exists()
+
+    result = subprocess.run([*command, "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stderr
+    rows = [json.loads(line) for line in (run / "warmup" / "metrics.jsonl").read_text().splitlines()]
+    steps = [row["step"] for row in rows if "d_loss" in row]
+    assert steps == list(range(1, 25))  # each step logged once, the killed run's extra lines dropped
+    assert (run / "warmup" / "student" / "config.json").exists()
+
+
+def _error_line(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_bad_input_gives_one_clear_line_and_exit_code_2(tmp_path, capsys):
+    base = ["train", "--stage", "seqkd", "--config", str(RECIPE), f"run_dir={tmp_path / 'run'}"]
+    assert "student model folder not found: /no/such/model" in _error_line(
+        capsys, [*base, "student=/no/such/model"]
+    )
+    line = _error_line(capsys, [*base, "lerning_rate=1e-5"])
+    assert "unknown key 'lerning_rate'" in line and "did you mean 'learning_rate'" in line
+    assert "key 'num_train_epochs' must be a number, got 'many'" in _error_line(capsys, [*base, "num_train_epochs=many"])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "no usable rows" in _error_line(capsys, [*base, f"train_file={empty}"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "response": "yo"}\n{"prompt": 3, "response": "x"}\n')
+    line = _error_line(capsys, [*base, f"train_file={bad}"])
+    assert str(bad) in line and "line 2" in line and "field 'prompt'" in line
+    assert "recipe not found" in _error_line(capsys, ["train", "--stage", "seqkd", "--config", "nope.yaml"])
+    assert "unknown stage 'sft'" in _error_line(capsys, ["train", "--stage", "sft", "--config", str(RECIPE)])
+
+
+def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
+    (tmp_path / "run" / "seqkd" / "checkpoint-2").mkdir(parents=True)
+    base = ["train", "--stage", "seqkd", "--config", str(RECIPE), f"run_dir={tmp_path / 'run'}"]
+    assert "pass --resume to continue it, --overwrite" in _error_line(capsys, base)
+    assert "no complete checkpoint" in _error_line(capsys, [*base, "--resume"])
+
+
+def test_nan_loss_stops_the_run_with_advice():
+    class State:
+        global_step = 7
+
+    with pytest.raises(GadError, match="loss became nan at step 7; lower learning_rate"):
+        NanGuard().on_log(None, State(), None, logs={"loss": float("nan")})
+    NanGuard().on_log(None, State(), None, logs={"loss": 1.0})
+
+
+def test_print_config_shows_the_resolved_stage(capsys):
+    assert main(["train", "--stage", "warmup", "--config", str(RECIPE), "--print-config", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "student_objective: teacher_sft" in out and "seed: 3" in out and "d_only_steps: 4" in out
