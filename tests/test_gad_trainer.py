@@ -134,3 +134,66 @@ def test_checkpoints_hold_both_models_and_resume_gives_the_same_next_steps(tmp_p
     for step in (3, 4):
         for key in ("d_loss", "sft_loss", "d_score_gap", "student_len"):
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-5), (step, key)
+
+
+def test_gate_holds_the_student_while_the_discriminator_is_near_chance(tmp_path, tiny_model_dir, tiny_train_file):
+    held = _trainer(
+        "gad", GADConfig, tmp_path / "held", tiny_model_dir, tiny_train_file,
+        max_steps=2, learning_rate=1e-3, student_gate_accuracy=1.0,
+    )  # fmt: skip
+    before = _params(held.model)
+    held.train()
+    assert not _changed(before, held.model)
+    assert all(row["student_gate_open"] == 0.0 for row in held.state.log_history if "student_gate_open" in row)
+
+    open_gate = _trainer(
+        "gad", GADConfig, tmp_path / "open", tiny_model_dir, tiny_train_file,
+        max_steps=2, learning_rate=1e-3, student_gate_accuracy=0.0,
+    )  # fmt: skip
+    before = _params(open_gate.model)
+    open_gate.train()
+    assert _changed(before, open_gate.model)  # the first step is discriminator-only (no accuracy yet), then it opens
+    gates = [row["student_gate_open"] for row in open_gate.state.log_history if "student_gate_open" in row]
+    assert gates == [1.0, 1.0]
+
+
+def test_replay_and_extra_discriminator_updates(tmp_path, tiny_model_dir, tiny_train_file, monkeypatch):
+    trainer = _trainer(
+        "gad", GADConfig, tmp_path, tiny_model_dir, tiny_train_file,
+        max_steps=2, discriminator_replay=8, discriminator_updates=2, replay_buffer_size=20,
+    )  # fmt: skip
+    calls = []
+    original = DiscriminatorUpdater.step
+
+    def counting_step(self, prompts, teachers, students, group, student_scores=None, num_fresh=None):
+        calls.append((len(students), num_fresh, student_scores is not None))
+        return original(self, prompts, teachers, students, group, student_scores, num_fresh)
+
+    monkeypatch.setattr(DiscriminatorUpdater, "step", counting_step)
+    trainer.train()
+    # Step 1: 16 fresh samples, two updates (the second re-scores); step 2: 16 fresh + 8 replayed.
+    assert calls == [(16, 16, True), (16, 16, False), (24, 16, True), (24, 16, False)]
+    assert len(trainer.replay) == 20  # capped at replay_buffer_size
+
+
+def test_length_warning_fires_when_the_student_outgrows_the_teacher(tmp_path, tiny_model_dir, tiny_train_file, caplog):
+    trainer = _trainer("gad", GADConfig, tmp_path, tiny_model_dir, tiny_train_file, max_steps=1)
+    trainer.args.length_warning_ratio = 1.5
+    with caplog.at_level("WARNING", logger="gad.gad_trainer"):
+        trainer._warn_on_length({"len_ratio": 2.0, "student_len": 40.0, "teacher_len": 20.0})
+        trainer._warn_on_length({"len_ratio": 2.1, "student_len": 42.0, "teacher_len": 20.0})  # still high: no repeat
+    assert len([r for r in caplog.records if "reward hacking" in r.message]) == 1
+
+
+def test_lora_student_is_saved_as_merged_plain_weights(tmp_path, tiny_model_dir, tiny_train_file):
+    from transformers import AutoModelForCausalLM
+
+    common = dict(student=str(tiny_model_dir), train_file=str(tiny_train_file), lora_r=4, learning_rate=1e-2,
+                  **{k: v for k, v in TINY.items()})  # fmt: skip
+    out = run_stage("warmup", WarmupConfig(output_dir=str(tmp_path / "warmup"), max_steps=2, d_only_steps=1, **common))
+    student = out / "student"
+    assert (student / "config.json").exists() and not (student / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(student)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    changed = [n for (n, a), b in zip(merged.named_parameters(), base.parameters(), strict=True) if not torch.equal(a, b)]
+    assert changed, "LoRA training left the merged weights unchanged"

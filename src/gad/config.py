@@ -55,6 +55,18 @@ class _StudentData:
     max_prompt_length: int | None = field(
         default=2048, metadata=_help("Prompts longer than this (in student tokens) lose the end of their last message.")
     )
+    lora_r: int | None = field(
+        default=None,
+        metadata=_help(
+            "LoRA rank for the student (None: full fine-tuning). The final student/ folder holds merged weights; "
+            "checkpoints hold the adapter."
+        ),
+    )
+    lora_alpha: int = field(default=16, metadata=_help("LoRA scaling (alpha)."))
+    lora_dropout: float = field(default=0.0, metadata=_help("LoRA dropout."))
+    lora_target_modules: list[str] | str = field(
+        default="all-linear", metadata=_help("Modules that get LoRA adapters, or 'all-linear'.")
+    )
 
 
 def _validate_common(config) -> None:
@@ -64,6 +76,8 @@ def _validate_common(config) -> None:
         raise GadError("no training data: set `train_file: PATH` in the recipe (or train_file=PATH)")
     if config.max_prompt_length is not None and config.max_prompt_length < 1:
         raise GadError(f"max_prompt_length must be positive, got {config.max_prompt_length}")
+    if config.lora_r is not None and config.lora_r < 1:
+        raise GadError(f"lora_r must be a positive rank (or none for full fine-tuning), got {config.lora_r}")
 
 
 def _resolve_device_defaults(config) -> None:
@@ -162,6 +176,29 @@ class GADConfig(GRPOConfig, _StudentData):
     discriminator_max_length: int = field(
         default=4096, metadata=_help("Longest [prompt; response] the discriminator reads; cut from the left.")
     )
+    discriminator_updates: int = field(
+        default=1,
+        metadata=_help("Discriminator optimizer steps per training step, on the same fresh samples (paper: 1)."),
+    )
+    discriminator_replay: int = field(
+        default=0,
+        metadata=_help(
+            "Past (prompt, teacher, student sample) triples replayed in each discriminator update, drawn from a "
+            "buffer of recent samples, so the discriminator does not forget earlier student behaviour (paper: 0)."
+        ),
+    )
+    replay_buffer_size: int = field(default=4096, metadata=_help("Capacity of the replay buffer, in student samples."))
+    student_gate_accuracy: float | None = field(
+        default=None,
+        metadata=_help(
+            "Hold the student's update while the discriminator's accuracy on fresh samples (measured before it "
+            "trains on them, averaged with gate_smoothing) is below this value: a near-chance discriminator's "
+            "rewards are noise that GRPO's normalisation turns into full-size updates. None: never hold (paper)."
+        ),
+    )
+    gate_smoothing: float = field(
+        default=0.9, metadata=_help("Exponential smoothing of that accuracy (0: the last step only).")
+    )
     length_warning_ratio: float | None = field(
         default=2.0,
         metadata=_help(
@@ -212,6 +249,14 @@ class GADConfig(GRPOConfig, _StudentData):
                 raise GadError(f"{name} must be positive, got {getattr(self, name)}")
         if self.d_only_steps < 0:
             raise GadError(f"d_only_steps must be >= 0, got {self.d_only_steps}")
+        if self.discriminator_updates < 1:
+            raise GadError(f"discriminator_updates must be >= 1, got {self.discriminator_updates}")
+        if self.discriminator_replay < 0 or self.replay_buffer_size < self.discriminator_replay:
+            raise GadError("discriminator_replay must be >= 0 and at most replay_buffer_size")
+        if self.student_gate_accuracy is not None and not 0.0 <= self.student_gate_accuracy <= 1.0:
+            raise GadError(f"student_gate_accuracy must be in [0, 1], got {self.student_gate_accuracy}")
+        if not 0.0 <= self.gate_smoothing < 1.0:
+            raise GadError(f"gate_smoothing must be in [0, 1), got {self.gate_smoothing}")
         super().__post_init__()
 
 

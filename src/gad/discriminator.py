@@ -204,14 +204,17 @@ class DiscriminatorUpdater:
         student_responses: Sequence[str],
         group: Sequence[int],
         student_scores: torch.Tensor | None = None,
+        num_fresh: int | None = None,
     ) -> DiscriminatorStats:
         """Update on teacher response ``teacher_responses[group[i]]`` against student sample i.
 
         ``prompts`` and ``teacher_responses`` hold one entry per prompt; ``student_responses`` and ``group`` one entry
-        per student sample.
+        per student sample. The returned accuracy and mean scores are measured before the update on the first
+        ``num_fresh`` samples (default: all), which the discriminator has not trained on: a held-out measurement.
         """
         disc = self.discriminator
-        group_t = torch.as_tensor(list(group), dtype=torch.long, device=disc.device)
+        group = list(group)
+        group_t = torch.as_tensor(group, dtype=torch.long, device=disc.device)
         student_prompts = [prompts[g] for g in group]
         teacher_scores = disc.score(prompts, teacher_responses, batch_size=self.batch_size)
         if student_scores is None:
@@ -240,13 +243,15 @@ class DiscriminatorUpdater:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+        fresh = slice(0, num_fresh)
+        fresh_teachers = sorted(set(group[fresh]))
         with torch.no_grad():
-            accuracy = (teacher_scores[group_t] > student_scores).float().mean().item()
+            accuracy = (teacher_scores[group_t[fresh]] > student_scores[fresh]).float().mean().item()
         return DiscriminatorStats(
             loss=loss.item(),
             accuracy=accuracy,
-            teacher_score=teacher_scores.mean().item(),
-            student_score=student_scores.mean().item(),
+            teacher_score=teacher_scores[fresh_teachers].mean().item(),
+            student_score=student_scores[fresh].mean().item(),
         )
 
     def _backward_chunks(self, prompts: Sequence[Messages], responses: Sequence[str], grads: torch.Tensor) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 DISCRIMINATOR_FOLDER = "discriminator"
 DISCRIMINATOR_STATE = "discriminator_optimizer.pt"
+TRAINER_EXTRA_STATE = "gad_state.json"
 
 
 def _text(completion: Any) -> str:
@@ -89,6 +92,8 @@ class GADTrainer(GRPOTrainer):
             accelerator=self.accelerator,
         )
         self._length_warned = False
+        self.replay = ReplayBuffer(args.replay_buffer_size, seed=args.seed)
+        self.d_acc_ema: float | None = None
 
     # -- steps 1-4: sample, score, advantages (TRL), then the discriminator's update --------------------------------
     def _generate_and_score_completions(self, inputs):
@@ -97,12 +102,33 @@ class GADTrainer(GRPOTrainer):
             return output
         batch = self.reward.last_batch
         self.reward.last_batch = None
-        prompts, teachers, group, first_rows = _group_by_prompt(batch["prompts"], batch["teacher"])
-        stats = self.discriminator_updater.step(prompts, teachers, batch["student"], group, batch["scores"])
+        stats = self._update_discriminator(batch)
+        first_rows = _group_by_prompt(batch["prompts"], batch["teacher"])[3]
         self._log_step_diagnostics(stats.as_metrics(), batch, output, first_rows)
         if self.args.student_objective == "teacher_sft":
             output.update(self._teacher_tensors(batch["prompts"], batch["teacher"], first_rows))
         return output
+
+    def _update_discriminator(self, batch):
+        """``discriminator_updates`` steps on the fresh samples plus ``discriminator_replay`` replayed ones; returns
+        the first step's statistics, measured before any update (held out)."""
+        prompts, teachers, students = list(batch["prompts"]), list(batch["teacher"]), list(batch["student"])
+        scores = batch["scores"]
+        replayed = self.replay.sample(self.args.discriminator_replay)
+        if replayed:
+            old_prompts, old_teachers, old_students = map(list, zip(*replayed, strict=True))
+            scores = torch.cat([scores, self.discriminator.score(old_prompts, old_students)])
+            prompts, teachers, students = prompts + old_prompts, teachers + old_teachers, students + old_students
+        unique_prompts, unique_teachers, group, _ = _group_by_prompt(prompts, teachers)
+        num_fresh = len(batch["student"])
+        first = None
+        for _ in range(self.args.discriminator_updates):
+            stats = self.discriminator_updater.step(
+                unique_prompts, unique_teachers, students, group, scores if first is None else None, num_fresh
+            )
+            first = first or stats
+        self.replay.add(zip(batch["prompts"], batch["teacher"], batch["student"], strict=True))
+        return first
 
     def _log_step_diagnostics(self, d_metrics, batch, output, first_rows) -> None:
         student_len = output["completion_mask"].sum(dim=1).float().mean().item()
@@ -119,6 +145,11 @@ class GADTrainer(GRPOTrainer):
         values = self.accelerator.reduce(values, reduction="mean")
         metrics = dict(zip(names, values.tolist(), strict=True))
         metrics["len_ratio"] = metrics["student_len"] / max(metrics["teacher_len"], 1e-9)
+        if self.args.student_gate_accuracy is not None:
+            smoothing = self.args.gate_smoothing if self.d_acc_ema is not None else 0.0
+            self.d_acc_ema = smoothing * (self.d_acc_ema or 0.0) + (1 - smoothing) * metrics["d_acc"]
+            metrics["d_acc_ema"] = self.d_acc_ema
+            metrics["student_gate_open"] = float(not self._gate_closed())
         for name, value in metrics.items():
             self._metrics["train"][name].append(value)
         self._warn_on_length(metrics)
@@ -141,10 +172,14 @@ class GADTrainer(GRPOTrainer):
         self._length_warned = too_long
 
     # -- step 5: the student's update ------------------------------------------------------------------------------
+    def _gate_closed(self) -> bool:
+        threshold = self.args.student_gate_accuracy
+        return threshold is not None and (self.d_acc_ema is None or self.d_acc_ema < threshold)
+
     def training_step(self, model, inputs, num_items_in_batch):
-        if self.state.global_step < self.args.d_only_steps:
-            # Discriminator-only warmup: sample and update the discriminator, leave every student gradient unset so
-            # the optimizer step leaves the student untouched (no weight decay either).
+        if self.state.global_step < self.args.d_only_steps or self._gate_closed():
+            # Discriminator-only step (warmup's first steps, or the gate is closed): sample and update the
+            # discriminator, leave every student gradient unset so the optimizer step leaves the student untouched.
             model.train()
             self._prepare_inputs(inputs)
             self._step += 1
@@ -210,6 +245,8 @@ class GADTrainer(GRPOTrainer):
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}" / DISCRIMINATOR_FOLDER
         self.discriminator.save_pretrained(folder)
         torch.save(self.discriminator_updater.state_dict(), folder / DISCRIMINATOR_STATE)
+        extra = {"d_acc_ema": self.d_acc_ema, "replay": self.replay.state_dict()}
+        (folder / TRAINER_EXTRA_STATE).write_text(json.dumps(extra))
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -220,6 +257,11 @@ class GADTrainer(GRPOTrainer):
         self.discriminator.model.load_state_dict(restored.model.state_dict())
         state = torch.load(folder / DISCRIMINATOR_STATE, map_location=self.accelerator.device, weights_only=True)
         self.discriminator_updater.load_state_dict(state)
+        extra_path = folder / TRAINER_EXTRA_STATE
+        if extra_path.exists():
+            extra = json.loads(extra_path.read_text())
+            self.d_acc_ema = extra["d_acc_ema"]
+            self.replay.load_state_dict(extra["replay"])
         logger.info("resumed the discriminator and its optimizer from %s", folder)
 
 
@@ -236,3 +278,29 @@ def _group_by_prompt(prompts: list, teachers: list[str]) -> tuple[list, list[str
             first_rows.append(row)
         group.append(index[key])
     return unique_prompts, unique_teachers, group, first_rows
+
+
+class ReplayBuffer:
+    """Recent (prompt, teacher response, student sample) triples for the discriminator to revisit."""
+
+    def __init__(self, capacity: int, seed: int = 0):
+        self.items: deque = deque(maxlen=capacity)
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, triples) -> None:
+        self.items.extend(tuple(t) for t in triples)
+
+    def sample(self, k: int) -> list[tuple]:
+        return self.rng.sample(list(self.items), min(k, len(self.items))) if k else []
+
+    def state_dict(self) -> dict:
+        return {"items": list(self.items), "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.items.clear()
+        self.items.extend(tuple(t) for t in state["items"])
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))

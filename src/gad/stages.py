@@ -59,7 +59,7 @@ def run_stage(stage: str, config: SeqKDConfig | GADConfig, *, resume: bool | str
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if trainer.accelerator.is_main_process:
-        trainer.save_model(str(output_dir / "student"))
+        save_student(trainer, output_dir / "student")
         tokenizer.save_pretrained(output_dir / "student")
         if stage != "seqkd":
             trainer.discriminator.save_pretrained(output_dir / "discriminator")
@@ -70,6 +70,7 @@ def run_stage(stage: str, config: SeqKDConfig | GADConfig, *, resume: bool | str
 
 def build_trainer(stage: str, config, student: str, tokenizer, rows, lengths, callbacks=()):
     """The TRL trainer of a stage: ``SFTTrainer`` for seqkd, :class:`GADTrainer` (with its discriminator) otherwise."""
+    peft_config = lora_config(config)
     if stage == "seqkd":
         from trl import SFTTrainer
 
@@ -79,6 +80,7 @@ def build_trainer(stage: str, config, student: str, tokenizer, rows, lengths, ca
             train_dataset=sft_dataset(rows),
             processing_class=tokenizer,
             callbacks=list(callbacks),
+            peft_config=peft_config,
         )
     from gad.gad_trainer import GADTrainer
 
@@ -93,7 +95,32 @@ def build_trainer(stage: str, config, student: str, tokenizer, rows, lengths, ca
         train_dataset=gad_dataset(rows, lengths),
         processing_class=tokenizer,
         callbacks=list(callbacks),
+        peft_config=peft_config,
     )
+
+
+def lora_config(config):
+    """A LoRA config for the student when ``lora_r`` is set, else None (full fine-tuning)."""
+    if config.lora_r is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def save_student(trainer, folder: Path) -> None:
+    """The student as a plain Hugging Face folder; LoRA adapters are merged into the weights first."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        model.merge_and_unload().save_pretrained(folder)
+    else:
+        trainer.save_model(str(folder))
 
 
 def write_config(path: Path, stage: str, config, data: dict) -> None:

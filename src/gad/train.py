@@ -41,7 +41,9 @@ def register(subparsers) -> None:
         metavar="CHECKPOINT",
         help="continue a killed run: from its newest complete checkpoint, or from CHECKPOINT",
     )
-    parser.add_argument("--overwrite", action="store_true", help="discard checkpoints of an earlier run and start again")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="discard checkpoints of an earlier run and start again"
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys")
     parser.set_defaults(run=run)
