@@ -195,5 +195,7 @@ def test_lora_student_is_saved_as_merged_plain_weights(tmp_path, tiny_model_dir,
     assert (student / "config.json").exists() and not (student / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(student)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    changed = [n for (n, a), b in zip(merged.named_parameters(), base.parameters(), strict=True) if not torch.equal(a, b)]
+    changed = [
+        n for (n, a), b in zip(merged.named_parameters(), base.parameters(), strict=True) if not torch.equal(a, b)
+    ]
     assert changed, "LoRA training left the merged weights unchanged"

@@ -85,12 +85,12 @@ def _error_line(capsys, argv: list[str]) -> str:
 
 def test_bad_input_gives_one_clear_line_and_exit_code_2(tmp_path, capsys):
     base = ["train", "--stage", "seqkd", "--config", str(RECIPE), f"run_dir={tmp_path / 'run'}"]
-    assert "student model folder not found: /no/such/model" in _error_line(
-        capsys, [*base, "student=/no/such/model"]
-    )
+    assert "student model folder not found: /no/such/model" in _error_line(capsys, [*base, "student=/no/such/model"])
     line = _error_line(capsys, [*base, "lerning_rate=1e-5"])
     assert "unknown key 'lerning_rate'" in line and "did you mean 'learning_rate'" in line
-    assert "key 'num_train_epochs' must be a number, got 'many'" in _error_line(capsys, [*base, "num_train_epochs=many"])
+    assert "key 'num_train_epochs' must be a number, got 'many'" in _error_line(
+        capsys, [*base, "num_train_epochs=many"]
+    )
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert "no usable rows" in _error_line(capsys, [*base, f"train_file={empty}"])

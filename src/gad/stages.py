@@ -19,7 +19,7 @@ from gad.config import GADConfig, SeqKDConfig
 from gad.data import load_training_rows
 from gad.discriminator import Discriminator
 from gad.errors import GadError
-from gad.models import cache_dir, load_tokenizer, require_model_folder
+from gad.models import load_tokenizer, require_model_folder
 from gad.prepare import gad_dataset, sft_dataset, truncate_rows
 from gad.tiny import resolve_model
 
@@ -32,7 +32,7 @@ def run_stage(stage: str, config: SeqKDConfig | GADConfig, *, resume: bool | str
     checkpoint = _checkpoint_to_resume(output_dir, resume, overwrite)
 
     # The student and its tokenizer (prompts are rendered with the student's chat template).
-    student = resolve_model(config.student, cache_dir())
+    student = resolve_model(config.student)
     require_model_folder(student, "student")
     tokenizer = load_tokenizer(student)
 
@@ -84,7 +84,7 @@ def build_trainer(stage: str, config, student: str, tokenizer, rows, lengths, ca
         )
     from gad.gad_trainer import GADTrainer
 
-    discriminator_path = resolve_model(config.discriminator or student, cache_dir())
+    discriminator_path = resolve_model(config.discriminator or student)
     discriminator = Discriminator.from_pretrained(
         discriminator_path, max_length=config.discriminator_max_length, seed=config.seed
     )

@@ -1,17 +1,14 @@
 """A tiny random-initialised chat model (about 1.6 M parameters) for tests, the tiny recipe and CPU smoke runs.
 
 Nothing is downloaded: the byte-level BPE tokenizer (2,048 tokens, trained on TinyStories and Dolly text) ships with
-the package, and the weights are drawn from a seed. Recipes name it ``builtin:tiny-llama``; it is written once to a
-folder and then loads like any Hugging Face checkpoint.
+the package, and the weights are drawn from a seed. Recipes name it ``builtin:tiny-llama`` (see
+:func:`gad.models.resolve_model`); it is written once to a folder and then loads like any Hugging Face checkpoint.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-
-BUILTIN_PREFIX = "builtin:"
-TINY_LLAMA = "builtin:tiny-llama"
 
 # ChatML, as SmolLM2 and Qwen use: the answer ends with <|im_end|>, which is also the model's EOS token.
 CHAT_TEMPLATE = (
@@ -66,17 +63,3 @@ def build_tiny_model(folder: str | Path, *, seed: int = 0, hidden_size: int = 12
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-def resolve_model(name: str, cache_dir: str | Path) -> str:
-    """Return a loadable path: ``builtin:tiny-llama`` is built once under ``cache_dir``; anything else is unchanged."""
-    if not name.startswith(BUILTIN_PREFIX):
-        return name
-    if name != TINY_LLAMA:
-        from gad.errors import GadError
-
-        raise GadError(f"unknown built-in model '{name}'; the built-in model is '{TINY_LLAMA}'")
-    folder = Path(cache_dir) / "tiny-llama"
-    if not (folder / "config.json").exists():
-        build_tiny_model(folder)
-    return str(folder)
