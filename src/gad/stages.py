@@ -19,9 +19,8 @@ from gad.config import GADConfig, SeqKDConfig
 from gad.data import load_training_rows
 from gad.discriminator import Discriminator
 from gad.errors import GadError
-from gad.models import load_tokenizer, require_model_folder
+from gad.models import load_tokenizer, require_model_folder, resolve_model
 from gad.prepare import gad_dataset, sft_dataset, truncate_rows
-from gad.tiny import resolve_model
 
 logger = logging.getLogger(__name__)
 
