@@ -91,7 +91,25 @@ def _resolve_device_defaults(config) -> None:
 
 
 @dataclass
-class SeqKDConfig(SFTConfig, _StudentData):
+class _PaperTraining:
+    """Training defaults every stage shares, from the paper's reference run (gad.md §4) and verl's defaults."""
+
+    max_grad_norm: float = field(default=0.2, metadata=_help("Gradient clipping (paper: 0.2)."))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (verl's default, 0.01)."))
+    lr_scheduler_type: str = field(default="constant", metadata=_help("Learning-rate schedule (paper: constant)."))
+    logging_steps: float = field(default=1, metadata=_help("Log every N optimizer steps."))
+    save_steps: float = field(default=50, metadata=_help("Checkpoint every N optimizer steps (paper: 50)."))
+    activation_checkpointing: bool | None = field(
+        default=False, metadata=_help("Recompute activations in the backward pass: less memory, slower (GPU runs).")
+    )
+    gradient_checkpointing: bool | None = field(default=None, metadata=_help("Deprecated alias of the above."))
+    report_to: str | list[str] | None = field(
+        default="none", metadata=_help("Where else to log: none, tensorboard, wandb, ... (metrics.jsonl always).")
+    )
+
+
+@dataclass
+class SeqKDConfig(_PaperTraining, SFTConfig, _StudentData):
     """SeqKD: supervised fine-tuning of the student on the teacher's responses, loss on response tokens only.
 
     The paper's baseline (learning rate 5e-6 from {1e-6, 5e-6}, 3 epochs, gradient clip 0.2).
@@ -102,19 +120,7 @@ class SeqKDConfig(SFTConfig, _StudentData):
         default=1536, metadata=_help("Teacher responses longer than this (in student tokens) are cut at the end.")
     )
     num_train_epochs: float = field(default=3.0, metadata=_help("Epochs over the teacher data (paper: 3)."))
-    max_grad_norm: float = field(default=0.2, metadata=_help("Gradient clipping (paper: 0.2)."))
-    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (verl's default, 0.01)."))
-    lr_scheduler_type: str = field(default="constant", metadata=_help("Learning-rate schedule (paper: constant)."))
-    logging_steps: float = field(default=1, metadata=_help("Log every N optimizer steps."))
-    save_steps: float = field(default=50, metadata=_help("Checkpoint every N optimizer steps (paper: 50)."))
-    activation_checkpointing: bool | None = field(
-        default=False, metadata=_help("Recompute activations in the backward pass: less memory, slower (GPU runs).")
-    )
-    gradient_checkpointing: bool | None = field(default=None, metadata=_help("Deprecated alias of the above."))
     completion_only_loss: bool | None = field(default=True, metadata=_help("Loss on the teacher response only."))
-    report_to: str | list[str] | None = field(
-        default="none", metadata=_help("Where else to log: none, tensorboard, wandb, ... (metrics.jsonl always).")
-    )
 
     def __post_init__(self):
         _validate_common(self)
@@ -127,7 +133,7 @@ class SeqKDConfig(SFTConfig, _StudentData):
 
 
 @dataclass
-class GADConfig(GRPOConfig, _StudentData):
+class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
     """GAD's adversarial stage: the student is trained with GRPO on the discriminator's score, and the discriminator
     is trained at every step, on the same fresh samples, to rank the teacher's response above them (Bradley-Terry).
 
@@ -214,18 +220,6 @@ class GADConfig(GRPOConfig, _StudentData):
         default=1536, metadata=_help("Longest student sample and teacher response, in student tokens (paper: 1536).")
     )
     num_train_epochs: float = field(default=2.0, metadata=_help("Epochs over the prompts (paper: 2 for GAD)."))
-    max_grad_norm: float = field(default=0.2, metadata=_help("Student gradient clipping (paper: 0.2)."))
-    weight_decay: float = field(default=0.01, metadata=_help("Student AdamW weight decay (verl's default, 0.01)."))
-    lr_scheduler_type: str = field(default="constant", metadata=_help("Learning-rate schedule (paper: constant)."))
-    logging_steps: float = field(default=1, metadata=_help("Log every N optimizer steps."))
-    save_steps: float = field(default=50, metadata=_help("Checkpoint every N optimizer steps (paper: 50)."))
-    activation_checkpointing: bool | None = field(
-        default=False, metadata=_help("Recompute activations in the backward pass: less memory, slower (GPU runs).")
-    )
-    gradient_checkpointing: bool | None = field(default=None, metadata=_help("Deprecated alias of the above."))
-    report_to: str | list[str] | None = field(
-        default="none", metadata=_help("Where else to log: none, tensorboard, wandb, ... (metrics.jsonl always).")
-    )
 
     def __post_init__(self):
         if self.init_from:
