@@ -127,7 +127,8 @@ class GADTrainer(GRPOTrainer):
                 unique_prompts, unique_teachers, students, group, scores if first is None else None, num_fresh
             )
             first = first or stats
-        self.replay.add(zip(batch["prompts"], batch["teacher"], batch["student"], strict=True))
+        if self.args.discriminator_replay:
+            self.replay.add(zip(batch["prompts"], batch["teacher"], batch["student"], strict=True))
         return first
 
     def _log_step_diagnostics(self, d_metrics, batch, output, first_rows) -> None:
