@@ -16,7 +16,7 @@ forward/backward, clipping and optimizer step). The split comes from timers wrap
 - generation: ``_generate`` (HF ``generate``);
 - scoring: ``_calculate_rewards`` (the discriminator's scores for GAD, the frozen reward model's for GRPO);
 - reference: ``_get_per_token_logps_and_entropies`` during batch preparation (the KL reference's log-probabilities);
-- discriminator update: ``DiscriminatorUpdater.step`` (teacher scoring, re-scoring with gradients, AdamW step);
+- discriminator update: ``GADTrainer._update_discriminator`` (teacher scoring, re-scoring with gradients, AdamW);
 - diagnostics: ``GADTrainer._log_step_diagnostics`` (d_acc, lengths, ROUGE-L);
 - policy update: the rest of the step after batch preparation (loss forward/backward, clipping, optimizer step);
 - other: the rest of batch preparation (tokenising prompts, padding, advantages).
@@ -62,6 +62,7 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "step_speed.json"
 SPEED_GOAL = 1.15
 MEMORY_GOAL = 1.5
 RUNNERS = ("gad", "grpo")
+ALL_RUNNERS = (*RUNNERS, "gad_fused")
 PARTS = ("generation", "scoring", "reference", "discriminator_update", "diagnostics", "policy_update", "other")
 # Fields that legitimately differ between the two configs.
 CONFIG_FIELDS_ALLOWED_TO_DIFFER = {"output_dir", "logging_dir", "run_name"}
@@ -78,11 +79,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--completion-length", type=int, default=32, help="tokens per sample (fixed)")
     parser.add_argument("--steps", type=int, default=5, help="measured steps per trainer")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps per trainer before measuring")
-    parser.add_argument("--memory-steps", type=int, default=2, help="steps per memory probe (0: skip memory)")
+    parser.add_argument("--memory-steps", type=int, default=1, help="steps per memory probe (0: skip memory)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads; 0: torch's default. 1 by default: on shared CPUs, OpenMP workers spin while "
+        "their peers are descheduled, which inflates wall and CPU time at random",
+    )
+    parser.add_argument(
+        "--fused",
+        action="store_true",
+        help="also run a third runner, gad_fused: GAD with the proposed fused discriminator pass (rewards read from a "
+        "forward with gradients, whose graph the update then back-propagates; no re-scoring)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result file")
     parser.add_argument("--workdir", type=Path, default=None, help="where the checkpoints go (default: a temp dir)")
-    parser.add_argument("--memory-probe", choices=RUNNERS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-probe", choices=ALL_RUNNERS, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -134,9 +148,11 @@ def build_trainers(workdir: Path, args, which=RUNNERS, max_steps: int | None = N
     student, reward_model = build_checkpoints(workdir, args)
     max_steps = max_steps if max_steps is not None else args.warmup + args.steps
     settings = shared_settings(args, max_steps)
-    gad_config = GADConfig(
-        output_dir=str(workdir / "gad"), student=str(student), train_file=str(TRAIN_FILE), **settings
-    )
+
+    def gad_config_in(folder: str) -> GADConfig:
+        return GADConfig(output_dir=str(workdir / folder), student=str(student), train_file=str(TRAIN_FILE), **settings)
+
+    gad_config = gad_config_in("gad")
     tokenizer = load_tokenizer(str(student))
     rows, _ = load_training_rows(TRAIN_FILE)
     rows, lengths, _ = truncate_rows(
@@ -153,8 +169,12 @@ def build_trainers(workdir: Path, args, which=RUNNERS, max_steps: int | None = N
         if name not in CONFIG_FIELDS_ALLOWED_TO_DIFFER and getattr(gad_config, name) != getattr(grpo_config, name)
     }
     trainers = {}
+    which = [name for name in ALL_RUNNERS if name in which]  # GAD first, then the baseline, then the variant
     if "gad" in which:
         trainers["gad"] = build_trainer("gad", gad_config, str(student), tokenizer, rows, lengths)
+    if "gad_fused" in which:
+        fused = build_trainer("gad", gad_config_in("gad_fused"), str(student), tokenizer, rows, lengths)
+        trainers["gad_fused"] = fuse_discriminator_pass(fused)
     if "grpo" in which:
         trainers["grpo"] = GRPOTrainer(
             model=str(student),
@@ -171,6 +191,77 @@ def build_trainers(workdir: Path, args, which=RUNNERS, max_steps: int | None = N
     return {"trainers": trainers, "config_differences": differences, "student": student}
 
 
+# -- the proposed change, tested here without touching src/ ---------------------------------------------------------
+def fuse_discriminator_pass(trainer):
+    """Score the samples for the reward with gradients on, keep that graph, and back-propagate it in the update.
+
+    Exact: the update follows the scoring with no change to the discriminator in between, and scoring is
+    deterministic, so the stored forward is the forward the stock updater recomputes. It saves one forward of the
+    discriminator over all samples (and the teacher's no-grad pass) at the cost of holding the activations of all
+    samples until the update (the stock updater holds one chunk at a time).
+    """
+    import torch
+
+    from gad.discriminator import DiscriminatorStats
+    from gad.errors import GadError
+    from gad.gad_trainer import DiscriminatorReward, _text
+
+    reward, updater, disc = trainer.reward, trainer.discriminator_updater, trainer.discriminator
+
+    def forward(prompts, responses):
+        chunks = []
+        with torch.enable_grad():
+            for start in range(0, len(responses), updater.batch_size):
+                end = start + updater.batch_size
+                batch = disc.encode(prompts[start:end], responses[start:end])
+                chunks.append(disc(**{k: v.to(disc.device) for k, v in batch.items()}))
+        return torch.cat(chunks)
+
+    class FusedReward(DiscriminatorReward):
+        def __call__(self, prompts, completions, teacher_response, teacher_length=None, **kwargs):
+            texts = [_text(c) for c in completions]
+            self.graph = forward(prompts, texts)
+            scores = self.graph.detach()
+            self.last_batch = {
+                "prompts": prompts,
+                "student": texts,
+                "teacher": list(teacher_response),
+                "teacher_length": list(teacher_length) if teacher_length is not None else None,
+                "scores": scores,
+            }
+            return scores.tolist()
+
+    reward.__class__ = FusedReward
+
+    stock_step = updater.step
+
+    def step(prompts, teacher_responses, student_responses, group, student_scores=None, num_fresh=None):
+        student_graph, reward.graph = getattr(reward, "graph", None), None
+        if student_scores is None or student_graph is None or len(student_graph) != len(student_responses):
+            return stock_step(prompts, teacher_responses, student_responses, group, student_scores, num_fresh)
+        group_t = torch.as_tensor(list(group), dtype=torch.long, device=disc.device)
+        teacher_graph = forward(prompts, teacher_responses)
+        loss = updater.loss_fn(teacher_graph, student_graph, group_t)
+        if not torch.isfinite(loss):
+            raise GadError("discriminator loss is not finite")
+        updater.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if updater.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(disc.parameters(), updater.max_grad_norm)
+        updater.optimizer.step()
+        updater.optimizer.zero_grad(set_to_none=True)
+        teacher_scores, student_scores = teacher_graph.detach(), student_graph.detach()
+        return DiscriminatorStats(
+            loss=loss.item(),
+            accuracy=(teacher_scores[group_t] > student_scores).float().mean().item(),
+            teacher_score=teacher_scores.mean().item(),
+            student_score=student_scores.mean().item(),
+        )
+
+    updater.step = step
+    return trainer
+
+
 # -- timing -----------------------------------------------------------------------------------------------------------
 class StepTimer:
     """Per-step wall times of a trainer's step and of its parts, from wrappers around the trainer's own methods."""
@@ -181,12 +272,15 @@ class StepTimer:
         self.current: dict = defaultdict(float)
         self.in_prepare = False
         self.step_started = 0.0
+        self.cpu_started = 0.0
         self.completion_tokens: list[int] = []
         self._wrap(trainer, "_generate", "generation", self._count_tokens)
         self._wrap(trainer, "_calculate_rewards", "scoring")
         self._wrap(trainer, "_prepare_inputs", "prepare", before=self._enter_prepare, after=self._leave_prepare)
         self._wrap(trainer, "_get_per_token_logps_and_entropies", "reference", only_in_prepare=True)
-        if hasattr(trainer, "discriminator_updater"):
+        if hasattr(trainer, "_update_discriminator"):  # replay and repeated updates included
+            self._wrap(trainer, "_update_discriminator", "discriminator_update")
+        elif hasattr(trainer, "discriminator_updater"):
             self._wrap(trainer.discriminator_updater, "step", "discriminator_update")
             self._wrap(trainer, "_log_step_diagnostics", "diagnostics")
 
@@ -225,9 +319,11 @@ class StepTimer:
     def step_begin(self):
         self.current = defaultdict(float)
         self.step_started = time.perf_counter()
+        self.cpu_started = time.process_time()
 
     def step_end(self):
         total = time.perf_counter() - self.step_started
+        cpu = time.process_time() - self.cpu_started
         parts = dict(self.current)
         prepare = parts.pop("prepare", 0.0)
         inside = sum(parts.get(p, 0.0) for p in ("generation", "scoring", "reference", "discriminator_update",
@@ -235,6 +331,7 @@ class StepTimer:
         parts["other"] = max(prepare - inside, 0.0)
         parts["policy_update"] = max(total - prepare, 0.0)
         parts["total"] = total
+        parts["cpu"] = cpu
         parts["torch_threads"] = _torch_threads()
         self.steps.append(parts)
 
@@ -347,6 +444,8 @@ def summarise(timers: dict[str, StepTimer]) -> dict:
         out[name] = {
             "step_s": [round(t, 4) for t in totals],
             "median_step_s": statistics.median(totals),
+            "cpu_s": [round(s["cpu"], 4) for s in steps],
+            "median_cpu_s": statistics.median(s["cpu"] for s in steps),
             "split_median_s": {p: statistics.median(s.get(p, 0.0) for s in steps) for p in PARTS},
             "completion_tokens_per_step": [int(s.get("completion_tokens", 0)) for s in steps],
             "samples_per_step": [int(s.get("samples", 0)) for s in steps],
@@ -366,6 +465,15 @@ def _proc_status_kib(field: str) -> int | None:
     return None
 
 
+def _reset_peak_rss() -> bool:
+    """Linux: writing 5 to clear_refs resets VmHWM to the current resident set."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def _bytes(module) -> int:
     if module is None:
         return 0
@@ -379,9 +487,10 @@ def memory_probe(args) -> dict:
     cuda = torch.cuda.is_available()
     workdir = args.workdir
     # The imports the trainers need, so the baseline holds the Python/torch runtime.
+    import trl  # noqa: F401
+
     import gad.gad_trainer  # noqa: F401
     import gad.stages  # noqa: F401
-    import trl  # noqa: F401
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -390,16 +499,26 @@ def memory_probe(args) -> dict:
         baseline = (_proc_status_kib("VmRSS") or 0) * 1024
     built = build_trainers(workdir, args, which=(args.memory_probe,), max_steps=args.warmup + args.memory_steps)
     trainer = built["trainers"][args.memory_probe]
+    if cuda:
+        after_build = torch.cuda.memory_allocated()
+    else:
+        after_build = (_proc_status_kib("VmRSS") or 0) * 1024
+        # Reset the peak so it covers the training steps only, not the loading of the checkpoints.
+        hwm_reset = _reset_peak_rss()
     trainer.train()
     if cuda:
         peak = torch.cuda.max_memory_allocated()
         method = "torch.cuda.max_memory_allocated"
     else:
         peak = (_proc_status_kib("VmHWM") or 0) * 1024
-        method = "VmHWM - VmRSS after imports (CPU resident set: includes allocator slack and checkpoint loading)"
+        method = (
+            "CPU resident set: peak during training (VmHWM, reset after building the trainer"
+            + ("" if hwm_reset else "; reset unavailable, so checkpoint loading is included")
+            + ") minus VmRSS after the imports; includes the runtime's allocations and malloc slack"
+        )
     student = _bytes(trainer.model)
     reference = _bytes(getattr(trainer, "ref_model", None))
-    if args.memory_probe == "gad":
+    if args.memory_probe in ("gad", "gad_fused"):
         second = _bytes(trainer.discriminator)
         floor = 4 * student + 4 * second + reference
         floor_terms = "4 x student (params, grads, 2 AdamW states) + 4 x discriminator + reference params"
@@ -411,6 +530,7 @@ def memory_probe(args) -> dict:
         "method": method,
         "device": "cuda" if cuda else "cpu",
         "baseline_bytes": baseline,
+        "after_build_bytes": after_build,
         "peak_bytes": peak,
         "peak_growth_bytes": peak - baseline,
         "floor_bytes": floor,
@@ -422,14 +542,15 @@ def memory_probe(args) -> dict:
     }
 
 
-def run_memory_probes(args, workdir: Path) -> dict:
+def run_memory_probes(args, workdir: Path, runners) -> dict:
     results = {}
-    for name in RUNNERS:
+    for name in runners:
         command = [
             sys.executable, str(Path(__file__).resolve()), "--memory-probe", name, "--workdir", str(workdir),
             "--hidden-size", str(args.hidden_size), "--layers", str(args.layers), "--prompts", str(args.prompts),
             "--generations", str(args.generations), "--completion-length", str(args.completion_length),
             "--warmup", str(args.warmup), "--memory-steps", str(args.memory_steps), "--seed", str(args.seed),
+            "--threads", str(args.threads),
         ]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
         if done.returncode != 0:
@@ -471,32 +592,44 @@ def _mib(value: float) -> str:
     return f"{value / 2**20:.1f}"
 
 
+LABELS = {"gad": "GAD", "grpo": "GRPO + frozen RM", "gad_fused": "GAD, fused D pass (proposed)"}
+
+
 def table(result: dict) -> str:
     timing, memory = result["timing"], result.get("memory")
+    names = list(timing)
+    variants = [n for n in names if n != "grpo"]
+    base = timing["grpo"]
+
+    def row(label, values, ratios):
+        return f"| {label} | " + " | ".join([*values, *ratios]) + " |"
+
+    def ratio(a, b):
+        return f"{a / b:.2f}" if b > 1e-6 else "-"
+
     lines = [
         f"Student: {result['student_params'] / 1e6:.2f} M parameters; {result['batch']['prompts']} prompts x "
         f"{result['batch']['generations']} samples x {result['batch']['completion_length']} tokens; "
-        f"{result['batch']['measured_steps']} measured steps each, alternating.",
+        f"{result['batch']['measured_steps']} measured steps each, alternating; "
+        f"{result['environment']['torch_threads_in_steps']} torch thread(s); {result['environment']['device']}.",
         "",
-        "| | GAD | GRPO + frozen RM | GAD / GRPO |",
-        "|---|---:|---:|---:|",
+        row("", [LABELS[n] for n in names], [f"{LABELS[n]} / GRPO" for n in variants]),
+        "|---" + "|---:" * (len(names) + len(variants)) + "|",
     ]
-    gad, grpo = timing["gad"], timing["grpo"]
-    lines.append(
-        f"| median step (s) | {gad['median_step_s']:.3f} | {grpo['median_step_s']:.3f} | {result['ratio']:.3f} |"
-    )
+    for key, label in (("median_step_s", "median step (s)"), ("median_cpu_s", "median step CPU time (s)")):
+        values = [f"{timing[n][key]:.3f}" for n in names]
+        lines.append(row(label, values, [ratio(timing[n][key], base[key]) for n in variants]))
     for part in PARTS:
-        a, b = gad["split_median_s"][part], grpo["split_median_s"][part]
-        ratio = f"{a / b:.2f}" if b > 1e-6 else "-"
-        lines.append(f"| {part.replace('_', ' ')} (s) | {a:.3f} | {b:.3f} | {ratio} |")
+        values = [f"{timing[n]['split_median_s'][part]:.3f}" for n in names]
+        ratios = [ratio(timing[n]["split_median_s"][part], base["split_median_s"][part]) for n in variants]
+        lines.append(row(f"{part.replace('_', ' ')} (s)", values, ratios))
     if memory:
-        g, r = memory["gad"], memory["grpo"]
-        lines.append(
-            f"| peak memory (MiB) | {_mib(g['peak_growth_bytes'])} | {_mib(r['peak_growth_bytes'])} | "
-            f"{g['peak_growth_bytes'] / max(r['peak_growth_bytes'], 1):.2f} |"
-        )
-        lines.append(f"| memory floor (MiB) | {_mib(g['floor_bytes'])} | {_mib(r['floor_bytes'])} | |")
-        lines.append(f"| peak / floor | {g['ratio_to_floor']:.2f} | {r['ratio_to_floor']:.2f} | |")
+        values = [_mib(memory[n]["peak_growth_bytes"]) for n in names]
+        ratios = [ratio(memory[n]["peak_growth_bytes"], memory["grpo"]["peak_growth_bytes"]) for n in variants]
+        lines.append(row("peak memory (MiB)", values, ratios))
+        lines.append(row("memory floor (MiB)", [_mib(memory[n]["floor_bytes"]) for n in names], [""] * len(variants)))
+        values = [f"{memory[n]['ratio_to_floor']:.2f}" for n in names]
+        lines.append(row("peak / floor", values, [""] * len(variants)))
     lines.append("")
     for goal in result["goals"].values():
         lines.append(f"- {goal['text']}: measured {goal['measured']:.3f} -> {'MET' if goal['met'] else 'NOT MET'}")
@@ -510,6 +643,10 @@ def main(argv=None) -> dict:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.memory_probe:
         print(json.dumps(memory_probe(args)))
         return {}
@@ -517,13 +654,13 @@ def main(argv=None) -> dict:
     env = environment()
     with tempfile.TemporaryDirectory(prefix="gad-step-speed-") as tmp:
         workdir = args.workdir or Path(tmp)
-        built = build_trainers(workdir, args)
+        built = build_trainers(workdir, args, which=ALL_RUNNERS if args.fused else RUNNERS)
         trainers = built["trainers"]
         student_params = sum(p.numel() for p in trainers["gad"].model.parameters())
         timers = run_alternating(trainers, args.warmup)
         timing = summarise(timers)
         del trainers, built["trainers"]
-        memory = run_memory_probes(args, workdir) if args.memory_steps > 0 else None
+        memory = run_memory_probes(args, workdir, list(timing)) if args.memory_steps > 0 else None
     ratio = timing["gad"]["median_step_s"] / timing["grpo"]["median_step_s"]
     pairs = [a / b for a, b in zip(timing["gad"]["step_s"], timing["grpo"]["step_s"], strict=True)]
     goals = {
@@ -540,6 +677,7 @@ def main(argv=None) -> dict:
             "met": memory["gad"]["ratio_to_floor"] <= MEMORY_GOAL,
         }
     env["loadavg_end"] = os.getloadavg()
+    env["torch_threads_in_steps"] = timing["gad"]["torch_threads"]
     result = {
         "benchmark": "step_speed",
         "command": "nice -n 5 .venv/bin/python benchmarks/step_speed.py " + shlex.join(argv or sys.argv[1:]),
@@ -561,6 +699,8 @@ def main(argv=None) -> dict:
         "ratio": ratio,
         "pair_ratios": [round(p, 4) for p in pairs],
         "median_pair_ratio": statistics.median(pairs),
+        "cpu_time_ratio": timing["gad"]["median_cpu_s"] / timing["grpo"]["median_cpu_s"],
+        "fused_ratio": timing["gad_fused"]["median_step_s"] / timing["grpo"]["median_step_s"] if args.fused else None,
         "memory": memory,
         "goals": goals,
     }

@@ -187,3 +187,26 @@ def test_bad_inputs_fail_with_clear_errors(discriminator, tmp_path):
         Discriminator.from_pretrained(tmp_path / "missing")
     with pytest.raises(GadError, match="unknown discriminator_loss"):
         DiscriminatorUpdater(discriminator, learning_rate=1e-3, loss="hinge")
+
+
+def test_fused_update_back_propagates_the_reward_graph_and_matches_the_chunked_update(tiny_model_dir):
+    prompts, teacher, student = _pairs(NOUNS[:3])
+    group = [0, 1, 2]
+    chunked = Discriminator.from_pretrained(tiny_model_dir, seed=4)
+    fused = copy.deepcopy(chunked)
+    sgd = dict(learning_rate=1.0, max_grad_norm=None, batch_size=2)
+    a, b = DiscriminatorUpdater(chunked, **sgd), DiscriminatorUpdater(fused, **sgd)
+    a.optimizer, b.optimizer = (
+        torch.optim.SGD(chunked.parameters(), lr=1.0),
+        torch.optim.SGD(fused.parameters(), lr=1.0),
+    )
+
+    stats_a = a.step(prompts, teacher, student, group, chunked.score(prompts, student))
+    graph = fused.score_with_grad(prompts, student, batch_size=2)
+    assert graph.requires_grad
+    stats_b = b.step(prompts, teacher, student, group, graph)
+
+    assert stats_a.loss == pytest.approx(stats_b.loss, rel=1e-5)
+    assert stats_a.accuracy == stats_b.accuracy
+    for (name, x), y in zip(chunked.named_parameters(), fused.parameters(), strict=True):
+        assert torch.allclose(x, y, atol=1e-6), name

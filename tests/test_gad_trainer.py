@@ -199,3 +199,17 @@ def test_lora_student_is_saved_as_merged_plain_weights(tmp_path, tiny_model_dir,
         n for (n, a), b in zip(merged.named_parameters(), base.parameters(), strict=True) if not torch.equal(a, b)
     ]
     assert changed, "LoRA training left the merged weights unchanged"
+
+
+def test_fused_discriminator_update_trains_like_the_chunked_one(tmp_path, tiny_model_dir, tiny_train_file):
+    runs = {}
+    for fused in (False, True):
+        trainer = _trainer(
+            "gad", GADConfig, tmp_path / str(fused), tiny_model_dir, tiny_train_file,
+            max_steps=2, discriminator_learning_rate=1e-3, discriminator_fused_update=fused,
+        )  # fmt: skip
+        trainer.train()
+        runs[fused] = [row for row in trainer.state.log_history if "d_loss" in row]
+    for chunked, fused in zip(runs[False], runs[True], strict=True):
+        assert fused["d_loss"] == pytest.approx(chunked["d_loss"], rel=1e-4)
+        assert fused["reward"] == pytest.approx(chunked["reward"], rel=1e-4, abs=1e-5)

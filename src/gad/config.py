@@ -179,6 +179,14 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
     discriminator_batch_size: int = field(
         default=16, metadata=_help("Sequences per discriminator forward pass; bounds memory, not the update.")
     )
+    discriminator_fused_update: bool = field(
+        default=False,
+        metadata=_help(
+            "Keep the graph of the reward's discriminator pass and back-propagate it in the update: one discriminator "
+            "forward pass less per step (8% of a step in benchmarks/step_speed.py), but activations for every "
+            "sample are held at once. Off: the update re-scores in chunks of discriminator_batch_size."
+        ),
+    )
     discriminator_max_length: int = field(
         default=4096, metadata=_help("Longest [prompt; response] the discriminator reads; cut from the left.")
     )

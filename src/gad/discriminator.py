@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 LOSSES = ("bradley_terry", "cross_entropy")
 
+
 def bradley_terry_loss(teacher_scores: torch.Tensor, student_scores: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     """Mean over (teacher, student) pairs of -log sigmoid(D(teacher) - D(student)) (the paper's Eq. 3).
 
@@ -158,21 +159,35 @@ class Discriminator(torch.nn.Module):
 
     def score(self, prompts: Sequence[Messages], responses: Sequence[str], *, batch_size: int = 16) -> torch.Tensor:
         """Scores of [prompt; response] pairs, without gradients, in chunks of ``batch_size`` sequences."""
-        scores = []
         with torch.no_grad():
-            for start in range(0, len(responses), batch_size):
-                batch = self.encode(prompts[start : start + batch_size], responses[start : start + batch_size])
-                scores.append(self(**{k: v.to(self.device) for k, v in batch.items()}))
+            return self.score_with_grad(prompts, responses, batch_size=batch_size)
+
+    def score_with_grad(
+        self, prompts: Sequence[Messages], responses: Sequence[str], *, batch_size: int = 16
+    ) -> torch.Tensor:
+        """Scores that keep the autograd graph (when gradients are enabled), chunked like :meth:`score`."""
+        scores = []
+        for start in range(0, len(responses), batch_size):
+            batch = self.encode(prompts[start : start + batch_size], responses[start : start + batch_size])
+            scores.append(self(**{k: v.to(self.device) for k, v in batch.items()}))
         return torch.cat(scores) if scores else torch.zeros(0, device=self.device)
+
+
+def _require_finite(loss: torch.Tensor) -> None:
+    if not torch.isfinite(loss):
+        raise GadError(
+            "discriminator loss is not finite; lower discriminator_learning_rate or check the data for empty responses"
+        )
 
 
 class DiscriminatorUpdater:
     """One optimizer step of the discriminator on (teacher, student samples) groups.
 
-    Memory stays bounded for any group size: scores are first computed without gradients, the loss's gradient with
-    respect to each score is taken on those scalars, and then each chunk of sequences is re-scored with gradients
-    and back-propagated with that score gradient. This is exact because scoring is deterministic (no dropout).
-    Student scores computed earlier for the reward (before this update, as in the paper's Algorithm 1) are reused.
+    By default memory stays bounded for any group size: scores are first computed without gradients, the loss's
+    gradient with respect to each score is taken on those scalars, and then each chunk of sequences is re-scored
+    with gradients and back-propagated with that score gradient. This is exact because scoring is deterministic (no
+    dropout). Student scores computed earlier for the reward (before this update, as in the paper's Algorithm 1)
+    are reused; if they still hold their graph, it is back-propagated directly (one forward pass less).
     """
 
     def __init__(
@@ -209,31 +224,34 @@ class DiscriminatorUpdater:
         """Update on teacher response ``teacher_responses[group[i]]`` against student sample i.
 
         ``prompts`` and ``teacher_responses`` hold one entry per prompt; ``student_responses`` and ``group`` one entry
-        per student sample. The returned accuracy and mean scores are measured before the update on the first
-        ``num_fresh`` samples (default: all), which the discriminator has not trained on: a held-out measurement.
+        per student sample. ``student_scores`` may be the scores computed for the reward: detached, they are reused
+        as they are; still attached to the discriminator's graph (``discriminator_fused_update``), that graph is
+        back-propagated instead of re-scoring. The returned accuracy and mean scores are measured before the update
+        on the first ``num_fresh`` samples (default: all), which the discriminator has not trained on: held out.
         """
         disc = self.discriminator
         group = list(group)
         group_t = torch.as_tensor(group, dtype=torch.long, device=disc.device)
         student_prompts = [prompts[g] for g in group]
-        teacher_scores = disc.score(prompts, teacher_responses, batch_size=self.batch_size)
-        if student_scores is None:
-            student_scores = disc.score(student_prompts, student_responses, batch_size=self.batch_size)
-        student_scores = student_scores.detach().to(disc.device).float()
-
-        t_leaf = teacher_scores.clone().requires_grad_(True)
-        s_leaf = student_scores.clone().requires_grad_(True)
-        loss = self.loss_fn(t_leaf, s_leaf, group_t)
-        if not torch.isfinite(loss):
-            raise GadError(
-                "discriminator loss is not finite; lower discriminator_learning_rate or check the data for empty "
-                "responses"
-            )
-        loss.backward()
-
         self.optimizer.zero_grad(set_to_none=True)
-        self._backward_chunks(prompts, teacher_responses, t_leaf.grad)
-        self._backward_chunks(student_prompts, student_responses, s_leaf.grad)
+        if student_scores is not None and student_scores.requires_grad:
+            teacher_graph = disc.score_with_grad(prompts, teacher_responses, batch_size=self.batch_size)
+            loss = self.loss_fn(teacher_graph, student_scores, group_t)
+            _require_finite(loss)
+            loss.backward()
+            teacher_scores, student_scores = teacher_graph.detach(), student_scores.detach()
+        else:
+            teacher_scores = disc.score(prompts, teacher_responses, batch_size=self.batch_size)
+            if student_scores is None:
+                student_scores = disc.score(student_prompts, student_responses, batch_size=self.batch_size)
+            student_scores = student_scores.to(disc.device).float()
+            t_leaf = teacher_scores.clone().requires_grad_(True)
+            s_leaf = student_scores.clone().requires_grad_(True)
+            loss = self.loss_fn(t_leaf, s_leaf, group_t)
+            _require_finite(loss)
+            loss.backward()
+            self._backward_chunks(prompts, teacher_responses, t_leaf.grad)
+            self._backward_chunks(student_prompts, student_responses, s_leaf.grad)
         if self.accelerator is not None and self.accelerator.num_processes > 1:
             for parameter in disc.parameters():
                 if parameter.grad is not None:

@@ -49,14 +49,18 @@ class DiscriminatorReward:
 
     __name__ = "discriminator"
 
-    def __init__(self, discriminator: Discriminator, batch_size: int):
+    def __init__(self, discriminator: Discriminator, batch_size: int, keep_graph: bool = False):
         self.discriminator = discriminator
         self.batch_size = batch_size
+        self.keep_graph = keep_graph
         self.last_batch: dict[str, Any] | None = None
 
     def __call__(self, prompts, completions, teacher_response, teacher_length=None, **kwargs) -> list[float]:
         texts = [_text(c) for c in completions]
-        scores = self.discriminator.score(prompts, texts, batch_size=self.batch_size)
+        if self.keep_graph and torch.is_grad_enabled():
+            scores = self.discriminator.score_with_grad(prompts, texts, batch_size=self.batch_size)
+        else:
+            scores = self.discriminator.score(prompts, texts, batch_size=self.batch_size)
         self.last_batch = {
             "prompts": prompts,
             "student": texts,
@@ -64,7 +68,7 @@ class DiscriminatorReward:
             "teacher_length": list(teacher_length) if teacher_length is not None else None,
             "scores": scores,
         }
-        return scores.tolist()
+        return scores.detach().tolist()
 
 
 class GADTrainer(GRPOTrainer):
@@ -79,7 +83,9 @@ class GADTrainer(GRPOTrainer):
     """
 
     def __init__(self, model, args: GADConfig, discriminator: Discriminator, train_dataset, **kwargs):
-        self.reward = DiscriminatorReward(discriminator, args.discriminator_batch_size)
+        self.reward = DiscriminatorReward(
+            discriminator, args.discriminator_batch_size, keep_graph=args.discriminator_fused_update
+        )
         super().__init__(model=model, reward_funcs=[self.reward], args=args, train_dataset=train_dataset, **kwargs)
         self.discriminator = discriminator.to(self.accelerator.device)
         self.discriminator_updater = DiscriminatorUpdater(
@@ -117,7 +123,10 @@ class GADTrainer(GRPOTrainer):
         replayed = self.replay.sample(self.args.discriminator_replay)
         if replayed:
             old_prompts, old_teachers, old_students = map(list, zip(*replayed, strict=True))
-            scores = torch.cat([scores, self.discriminator.score(old_prompts, old_students)])
+            score = self.discriminator.score_with_grad if scores.requires_grad else self.discriminator.score
+            scores = torch.cat(
+                [scores, score(old_prompts, old_students, batch_size=self.args.discriminator_batch_size)]
+            )
             prompts, teachers, students = prompts + old_prompts, teachers + old_teachers, students + old_students
         unique_prompts, unique_teachers, group, _ = _group_by_prompt(prompts, teachers)
         num_fresh = len(batch["student"])

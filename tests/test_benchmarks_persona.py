@@ -1,0 +1,40 @@
+"""Smoke test of benchmarks/persona.py: the whole benchmark on the built-in tiny model, in seconds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from conftest import REPO
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("persona_benchmark", REPO / "benchmarks" / "persona.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_persona_benchmark_runs_end_to_end(tmp_path):
+    train = tmp_path / "train.jsonl"
+    with train.open("w") as handle:
+        for i in range(6):
+            handle.write(json.dumps({"id": str(i), "prompt": f"Tell me about the cat number {i}."}) + "\n")
+    out = tmp_path / "persona.json"
+    result = _load_benchmark().main([
+        "--model", "builtin:tiny-llama", "--checker-regex", "e", "--system-prompt", "Talk like a pirate.",
+        "--data-dir", str(tmp_path), "--train-set", "train", "--train-prompts", "6", "--test-prompts", "3",
+        "--eval-samples", "2", "--max-new-tokens", "8", "--seeds", "0", "--train-seconds", "2",
+        "--warmup-steps", "2", "--d-only-steps", "1", "--disc-layers", "2", "--lora-r", "0", "--c2st-splits", "2",
+        "--workdir", str(tmp_path / "work"), "--out", str(out),
+    ])  # fmt: skip
+    saved = json.loads(out.read_text())
+    for key in ("command", "wall_seconds", "teacher", "data", "config", "reference", "runs", "summary", "goals"):
+        assert key in saved and key in result
+    assert {r["method"] for r in saved["runs"]} == {"seqkd", "gad"}
+    for run in saved["runs"]:
+        assert 0 <= run["c2st"]["acc"] <= 100 and run["c2st"]["se"] >= 0
+        assert 0 <= run["style_pass"] <= 100 and "rouge_l" in run and "words" in run
+    gad = next(r for r in saved["runs"] if r["method"] == "gad")
+    assert gad["d_acc_warmup"] and gad["gad_steps"] >= 1 and 0 <= gad["disc_test_acc"] <= 100
+    assert saved["summary"]["gad"]["seeds"] == 1 and "c2st_points_closer_to_50" in saved["goals"]
