@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--fused",
         action="store_true",
-        help="also run a third runner, gad_fused: GAD with the proposed fused discriminator pass (rewards read from a "
+        help="also run a third runner, gad_fused: GAD with discriminator_fused_update=True (rewards read from a "
         "forward with gradients, whose graph the update then back-propagates; no re-scoring)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result file")
@@ -149,8 +149,10 @@ def build_trainers(workdir: Path, args, which=RUNNERS, max_steps: int | None = N
     max_steps = max_steps if max_steps is not None else args.warmup + args.steps
     settings = shared_settings(args, max_steps)
 
-    def gad_config_in(folder: str) -> GADConfig:
-        return GADConfig(output_dir=str(workdir / folder), student=str(student), train_file=str(TRAIN_FILE), **settings)
+    def gad_config_in(folder: str, **extra) -> GADConfig:
+        return GADConfig(
+            output_dir=str(workdir / folder), student=str(student), train_file=str(TRAIN_FILE), **settings, **extra
+        )
 
     gad_config = gad_config_in("gad")
     tokenizer = load_tokenizer(str(student))
@@ -173,8 +175,8 @@ def build_trainers(workdir: Path, args, which=RUNNERS, max_steps: int | None = N
     if "gad" in which:
         trainers["gad"] = build_trainer("gad", gad_config, str(student), tokenizer, rows, lengths)
     if "gad_fused" in which:
-        fused = build_trainer("gad", gad_config_in("gad_fused"), str(student), tokenizer, rows, lengths)
-        trainers["gad_fused"] = fuse_discriminator_pass(fused)
+        fused_config = gad_config_in("gad_fused", discriminator_fused_update=True)
+        trainers["gad_fused"] = build_trainer("gad", fused_config, str(student), tokenizer, rows, lengths)
     if "grpo" in which:
         trainers["grpo"] = GRPOTrainer(
             model=str(student),
@@ -189,77 +191,6 @@ def build_trainers(workdir: Path, args, which=RUNNERS, max_steps: int | None = N
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
     return {"trainers": trainers, "config_differences": differences, "student": student}
-
-
-# -- the proposed change, tested here without touching src/ ---------------------------------------------------------
-def fuse_discriminator_pass(trainer):
-    """Score the samples for the reward with gradients on, keep that graph, and back-propagate it in the update.
-
-    Exact: the update follows the scoring with no change to the discriminator in between, and scoring is
-    deterministic, so the stored forward is the forward the stock updater recomputes. It saves one forward of the
-    discriminator over all samples (and the teacher's no-grad pass) at the cost of holding the activations of all
-    samples until the update (the stock updater holds one chunk at a time).
-    """
-    import torch
-
-    from gad.discriminator import DiscriminatorStats
-    from gad.errors import GadError
-    from gad.gad_trainer import DiscriminatorReward, _text
-
-    reward, updater, disc = trainer.reward, trainer.discriminator_updater, trainer.discriminator
-
-    def forward(prompts, responses):
-        chunks = []
-        with torch.enable_grad():
-            for start in range(0, len(responses), updater.batch_size):
-                end = start + updater.batch_size
-                batch = disc.encode(prompts[start:end], responses[start:end])
-                chunks.append(disc(**{k: v.to(disc.device) for k, v in batch.items()}))
-        return torch.cat(chunks)
-
-    class FusedReward(DiscriminatorReward):
-        def __call__(self, prompts, completions, teacher_response, teacher_length=None, **kwargs):
-            texts = [_text(c) for c in completions]
-            self.graph = forward(prompts, texts)
-            scores = self.graph.detach()
-            self.last_batch = {
-                "prompts": prompts,
-                "student": texts,
-                "teacher": list(teacher_response),
-                "teacher_length": list(teacher_length) if teacher_length is not None else None,
-                "scores": scores,
-            }
-            return scores.tolist()
-
-    reward.__class__ = FusedReward
-
-    stock_step = updater.step
-
-    def step(prompts, teacher_responses, student_responses, group, student_scores=None, num_fresh=None):
-        student_graph, reward.graph = getattr(reward, "graph", None), None
-        if student_scores is None or student_graph is None or len(student_graph) != len(student_responses):
-            return stock_step(prompts, teacher_responses, student_responses, group, student_scores, num_fresh)
-        group_t = torch.as_tensor(list(group), dtype=torch.long, device=disc.device)
-        teacher_graph = forward(prompts, teacher_responses)
-        loss = updater.loss_fn(teacher_graph, student_graph, group_t)
-        if not torch.isfinite(loss):
-            raise GadError("discriminator loss is not finite")
-        updater.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if updater.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(disc.parameters(), updater.max_grad_norm)
-        updater.optimizer.step()
-        updater.optimizer.zero_grad(set_to_none=True)
-        teacher_scores, student_scores = teacher_graph.detach(), student_graph.detach()
-        return DiscriminatorStats(
-            loss=loss.item(),
-            accuracy=(teacher_scores[group_t] > student_scores).float().mean().item(),
-            teacher_score=teacher_scores.mean().item(),
-            student_score=student_scores.mean().item(),
-        )
-
-    updater.step = step
-    return trainer
 
 
 # -- timing -----------------------------------------------------------------------------------------------------------
@@ -592,7 +523,7 @@ def _mib(value: float) -> str:
     return f"{value / 2**20:.1f}"
 
 
-LABELS = {"gad": "GAD", "grpo": "GRPO + frozen RM", "gad_fused": "GAD, fused D pass (proposed)"}
+LABELS = {"gad": "GAD", "grpo": "GRPO + frozen RM", "gad_fused": "GAD, discriminator_fused_update"}
 
 
 def table(result: dict) -> str:
