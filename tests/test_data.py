@@ -738,3 +738,16 @@ def test_to_messages_keeps_text_exactly(text, role):
     if role != "system":
         message = {"role": role, "content": text}
         assert to_messages([message], where="line 1", field_name="p") == [message]
+
+
+def test_an_answer_cut_by_the_teachers_token_limit_is_unfinished(tmp_path):
+    path = tmp_path / "collected.jsonl"
+    rows = [
+        {"prompt": "a", "teacher_response": "done.", "metadata": {"finish_reason": "stop"}},
+        {"prompt": "b", "teacher_response": "cut", "metadata": {"finish_reason": "length"}},
+        {"prompt": "c", "response": "cut too", "finish_reason": "length"},
+        {"prompt": "d", "response": "no metadata"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    loaded, _ = load_training_rows(path)
+    assert [r.finished for r in loaded] == [True, False, False, True]

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from gad.cli import main
-from gad.demo import PRESETS, derive_discriminator, goal_checks, load_preset, style_pass
+from gad.demo import PRESETS, derive_discriminator, goal_checks, load_preset, pick_threads, style_pass
 from gad.errors import GadError
 from gad.recipe import resolve_stage
 
@@ -41,6 +41,15 @@ def test_persona_check():
     assert style_pass("anything", None, None)
 
 
+def test_threads_option():
+    assert pick_threads("3") == 3
+    assert 1 <= pick_threads("auto") <= (__import__("os").cpu_count() or 1)
+    with pytest.raises(GadError, match="threads"):
+        pick_threads("0")
+    with pytest.raises(GadError, match="threads"):
+        pick_threads("many")
+
+
 def test_goal_checks_compare_gad_with_the_initial_student():
     rows = [
         {"model": "teacher", "style": 90.0, "disc_score": 2.0},
@@ -50,6 +59,10 @@ def test_goal_checks_compare_gad_with_the_initial_student():
     checks = {c["metric"]: c["closer"] for c in goal_checks(rows)}
     # len ratio 3.0 -> 0.5: |log 0.5| < |log 3|, closer; F1-2 fell: not closer
     assert checks == {"persona %": True, "ROUGE-L": True, "F1-2": False, "len/teacher": True, "D score": True}
+    rows[2]["style"] = 100.0  # overshooting the teacher's 90 % is still closer than 0 %; 200 % would not be
+    assert goal_checks(rows)[0]["closer"]
+    rows[0]["style"] = 30.0
+    assert not goal_checks(rows)[0]["closer"]  # |100 - 30| > |0 - 30|
 
 
 def test_derived_discriminator_keeps_the_first_layers(tiny_model_dir, tmp_path, monkeypatch):
@@ -68,9 +81,17 @@ def test_derived_discriminator_keeps_the_first_layers(tiny_model_dir, tmp_path, 
         derive_discriminator(tiny_model_dir, 9)
 
 
-def test_tiny_demo_runs_the_whole_pipeline_through_the_real_interfaces(tmp_path, capsys):
+def test_tiny_demo_runs_the_whole_pipeline_through_the_real_interfaces(tmp_path, capsys, monkeypatch):
+    import torch
+
+    threads = torch.get_num_threads()  # the demo sets it (and OMP_NUM_THREADS); leave both as they were
+    monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
+    monkeypatch.setenv("MKL_NUM_THREADS", str(threads))
     out = tmp_path / "demo"
-    assert main(["demo", "--preset", "tiny", "--out", str(out), "--quiet"]) == 0
+    try:
+        assert main(["demo", "--preset", "tiny", "--out", str(out), "--quiet", "--threads", str(threads)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     for phase in ("models", "teacher", "seqkd", "warmup", "gad", "eval", "report"):
         assert f" {phase}: " in printed

@@ -11,7 +11,7 @@ from gad.config import GADConfig, WarmupConfig
 from gad.data import load_training_rows
 from gad.discriminator import DiscriminatorStats, DiscriminatorUpdater
 from gad.models import load_tokenizer
-from gad.prepare import truncate_rows
+from gad.prepare import teacher_turn_ids, truncate_rows
 from gad.stages import build_trainer, run_stage
 
 TINY = dict(
@@ -71,12 +71,13 @@ def test_warmup_fits_the_teacher_and_trains_the_discriminator(tmp_path, tiny_mod
     assert 0.0 <= logs[-1]["d_acc"] <= 1.0
 
 
-def test_teacher_turn_ends_like_a_student_sample(tmp_path, tiny_model_dir, tiny_train_file):
-    trainer = _trainer("warmup", WarmupConfig, tmp_path, tiny_model_dir, tiny_train_file, max_steps=1)
-    tokenizer = trainer.processing_class
-    ids = trainer._teacher_completion_ids([{"role": "user", "content": "Hi"}], "Ahoy, matey.")
+def test_teacher_turn_ends_like_a_student_sample(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    _, ids = teacher_turn_ids(tokenizer, [{"role": "user", "content": "Hi"}], "Ahoy, matey.")
     assert ids[-1] == tokenizer.eos_token_id  # generation stops at EOS, so the teacher turn ends with it too
     assert tokenizer.decode(ids, skip_special_tokens=True) == "Ahoy, matey."
+    _, cut = teacher_turn_ids(tokenizer, [{"role": "user", "content": "Hi"}], "Ahoy, ma", finished=False)
+    assert tokenizer.eos_token_id not in cut
 
 
 def _mean_sample_score(model, tokenizer, disc, prompts, seed: int) -> float:

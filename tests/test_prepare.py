@@ -155,20 +155,39 @@ def test_gad_dataset_columns(tokenizer):
         TrainingRow([{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}], "A", "b"),
     ]
     data = gad_dataset(rows, [3, 1])
-    assert data.column_names == ["prompt", "teacher_response", "teacher_length"]
+    assert data.column_names == ["prompt", "teacher_response", "teacher_length", "teacher_finished"]
     assert len(data) == 2
-    assert data[0] == {"prompt": SHORT_PROMPT, "teacher_response": "Hello!", "teacher_length": 3}
+    assert data[0] == {
+        "prompt": SHORT_PROMPT, "teacher_response": "Hello!", "teacher_length": 3, "teacher_finished": True
+    }  # fmt: skip
     assert data[1]["prompt"] == rows[1].prompt
     assert data["teacher_length"] == [3, 1]
 
 
-def test_sft_dataset_is_trl_conversational_prompt_completion():
+def test_sft_dataset_is_pretokenised_with_the_loss_on_the_teacher_turn(tokenizer):
     rows = [
         TrainingRow(SHORT_PROMPT, "Hello!", "a"),
-        TrainingRow([{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}], "A", "b"),
-    ]
-    data = sft_dataset(rows)
-    assert data.column_names == ["prompt", "completion"]
-    assert data[0] == {"prompt": SHORT_PROMPT, "completion": [{"role": "assistant", "content": "Hello!"}]}
-    assert data[1]["prompt"] == rows[1].prompt
-    assert data[1]["completion"] == [{"role": "assistant", "content": "A"}]
+        TrainingRow([{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}], "A cut answer", "b",
+                    finished=False),
+    ]  # fmt: skip
+    data = sft_dataset(rows, tokenizer)
+    assert data.column_names == ["input_ids", "completion_mask"]
+    finished, cut = data[0], data[1]
+    head = tokenizer.apply_chat_template(SHORT_PROMPT, tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tokenizer(head, add_special_tokens=False)["input_ids"])
+    assert finished["completion_mask"] == [0] * n_prompt + [1] * (len(finished["input_ids"]) - n_prompt)
+    completion = [t for t, m in zip(finished["input_ids"], finished["completion_mask"], strict=True) if m]
+    assert completion[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(completion, skip_special_tokens=True) == "Hello!"
+    cut_completion = [t for t, m in zip(cut["input_ids"], cut["completion_mask"], strict=True) if m]
+    assert tokenizer.eos_token_id not in cut_completion  # the student must not learn to stop where the cut was
+    assert tokenizer.decode(cut_completion) == "A cut answer"
+
+
+def test_a_truncated_response_is_marked_unfinished(tokenizer):
+    long_row = TrainingRow(SHORT_PROMPT, "word " * 40, "a")
+    (row,), _, stats = truncate_rows([long_row], tokenizer, max_prompt_length=None, max_response_length=5)
+    assert stats.responses_truncated == 1 and row.finished is False
+    (kept,), _, _ = truncate_rows([TrainingRow(SHORT_PROMPT, "ok", "b")], tokenizer, max_prompt_length=None,
+                                  max_response_length=5)  # fmt: skip
+    assert kept.finished is True

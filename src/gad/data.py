@@ -53,11 +53,16 @@ class PromptRow:
 
 @dataclass
 class TrainingRow:
-    """One training example: the prompt as chat messages and one teacher response."""
+    """One training example: the prompt as chat messages and one teacher response.
+
+    ``finished`` is False for a response that was cut (the teacher hit its token limit, or gad truncated it): the
+    student must not learn to end its answer there.
+    """
 
     prompt: Messages
     response: str
     id: str = ""
+    finished: bool = True
 
 
 def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -286,7 +291,10 @@ def _training_row(
     if prompt[-1]["role"] == "assistant":
         raise _row_error("the prompt ends with an assistant message; the response must be separate", where, prompt_key)
     row_id = record.get("id")
-    return TrainingRow(prompt, response, str(row_id) if row_id is not None else str(number))
+    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    finish_reason = record.get("finish_reason", metadata.get("finish_reason"))
+    row_id = str(row_id) if row_id is not None else str(number)
+    return TrainingRow(prompt, response, row_id, finished=finish_reason != "length")
 
 
 def _find_column(record: dict, candidates: tuple[str, ...], what: str, where: str, path: str) -> str:

@@ -19,6 +19,7 @@ and discriminator the demo fills in.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -85,7 +86,7 @@ class DemoSpec:
     max_new_tokens: int = 48
     teacher_temperature: float = 0.7
     teacher_seed: int | None = 0
-    teacher_concurrency: int = 2
+    teacher_concurrency: int = 2  # requests in flight when --threads is not resolved (library use)
     keep_truncated: bool = False
     discriminator_layers: int | None = None
     eval_batch_size: int = 8
@@ -234,7 +235,9 @@ def write_subset(source: str | Path, count: int, out: Path) -> Path:
     return out
 
 
-def collect_teacher(spec: DemoSpec, base_url: str, prompts: Path, out: Path, cache: Path, quiet: bool):
+def collect_teacher(
+    spec: DemoSpec, base_url: str, prompts: Path, out: Path, cache: Path, quiet: bool, concurrency: int
+):
     from gad.collect import CollectConfig, collect
 
     config = CollectConfig(
@@ -246,7 +249,7 @@ def collect_teacher(spec: DemoSpec, base_url: str, prompts: Path, out: Path, cac
         max_tokens=spec.max_new_tokens,
         seed=spec.teacher_seed,
         cache=cache,
-        concurrency=spec.teacher_concurrency,
+        concurrency=concurrency,
         drop_truncated=not spec.keep_truncated,
         progress=not quiet,
     )
@@ -311,8 +314,12 @@ def format_table(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 def text_table(table: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in table]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in table
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -328,8 +335,13 @@ def goal_checks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     def add(metric: str, before: float | None, after: float | None, closer: bool | None, rule: str) -> None:
         checks.append({"metric": metric, "initial": before, "gad": after, "closer": closer, "rule": rule})
 
-    if initial.get("style") is not None:
-        add("persona %", initial["style"], gad["style"], gad["style"] > initial["style"], "higher is closer")
+    if initial.get("style") is not None and gad.get("style") is not None:
+        target = teacher.get("style") if teacher else None
+        if target is None:
+            add("persona %", initial["style"], gad["style"], gad["style"] > initial["style"], "higher is closer")
+        else:
+            closer = abs(gad["style"] - target) < abs(initial["style"] - target)
+            add("persona %", initial["style"], gad["style"], closer, f"closer to the teacher's {target:.0f}")
     for key, name in (("rouge_l", "ROUGE-L"), ("ngram_f1_2", "F1-2")):
         if initial.get(key) is not None and gad.get(key) is not None:
             add(name, initial[key], gad[key], gad[key] > initial[key], "higher is closer")
@@ -378,6 +390,22 @@ def inject_summary(report: Path, spec: DemoSpec, table: list[list[str]], checks,
         lines = markdown.read_text(encoding="utf-8").splitlines()
         block = ["", "## Demo summary", "", intro, "", *md_table, "", *(f"- {v}" for v in verdict), ""]
         markdown.write_text("\n".join(lines[:1] + block + lines[1:]) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    import os
+
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _load_average() -> list[float] | None:
@@ -471,15 +499,27 @@ def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any
     eval_prompts = write_subset(spec.eval_prompts, spec.n_eval, data_dir / f"{EVAL_SET}.jsonl")
     from gad.serve import TeacherServer
 
-    with TeacherServer(teacher_model, system=spec.teacher_system, log_path=data_dir / "server.log") as server:
+    # The server answers requests in parallel threads: one torch thread each, as many requests as demo threads.
+    concurrency = spec.threads or spec.teacher_concurrency
+    with _environ(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
+        server = TeacherServer(teacher_model, system=spec.teacher_system, log_path=data_dir / "server.log").start()
+    with server:
         progress.say(f"  teacher server up at {server.base_url} (hidden persona prompt)")
         collected = {}
         for name, prompts in (("train", train_prompts), ("eval", eval_prompts)):
-            result = collect_teacher(spec, server.base_url, prompts, data_dir / f"{name}.jsonl",
-                                     data_dir / "cache.sqlite", quiet)
+            result = collect_teacher(
+                spec,
+                server.base_url,
+                prompts,
+                data_dir / f"{name}.jsonl",
+                data_dir / "cache.sqlite",
+                quiet,
+                concurrency,
+            )
             collected[name] = result.to_dict()
             dropped = ", ".join(f"{k} {v}" for k, v in result.dropped.items()) or "none"
-            progress.say(f"  {name}: {result.rows_written} teacher answers ({result.from_cache} cached; dropped {dropped})")
+            cached = result.from_cache
+            progress.say(f"  {name}: {result.rows_written} teacher answers ({cached} cached; dropped {dropped})")
             if result.rows_written == 0:
                 raise GadError(f"the teacher gave no usable answer to the {name} prompts; see {data_dir}/server.log")
 
@@ -499,8 +539,11 @@ def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any
         config = resolve_stage(recipe, stage, source=str(preset_path(spec.name) if spec.name in PRESETS else spec.name))
         if quiet:
             config.disable_tqdm = True
-        steps = f"{config.max_steps} steps" if config.max_steps and config.max_steps > 0 else \
-            f"{config.num_train_epochs:g} epoch(s)"
+        steps = (
+            f"{config.max_steps} steps"
+            if config.max_steps and config.max_steps > 0
+            else f"{config.num_train_epochs:g} epoch(s)"
+        )
         progress.phase(stage, f"{text} ({steps})")
         run_stage(stage, config, overwrite=True)
 
@@ -509,8 +552,11 @@ def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any
 
     eval_dir = out / "eval"
     eval_data = evaluate(
-        [ModelSpec("initial", Path(student)), ModelSpec("seqkd", out / "seqkd" / "student"),
-         ModelSpec("gad", out / "gad" / "student")],
+        [
+            ModelSpec("initial", Path(student)),
+            ModelSpec("seqkd", out / "seqkd" / "student"),
+            ModelSpec("gad", out / "gad" / "student"),
+        ],
         [str(eval_prompts)],
         out_dir=eval_dir,
         teacher=data_dir / "eval.jsonl",

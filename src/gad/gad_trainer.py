@@ -28,6 +28,7 @@ from trl.trainer.utils import pad
 from gad.config import GADConfig
 from gad.discriminator import Discriminator, DiscriminatorUpdater
 from gad.metrics import rouge_l
+from gad.prepare import teacher_turn_ids
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ class DiscriminatorReward:
         self.keep_graph = keep_graph
         self.last_batch: dict[str, Any] | None = None
 
-    def __call__(self, prompts, completions, teacher_response, teacher_length=None, **kwargs) -> list[float]:
+    def __call__(
+        self, prompts, completions, teacher_response, teacher_length=None, teacher_finished=None, **kwargs
+    ) -> list[float]:
         texts = [_text(c) for c in completions]
         if self.keep_graph and torch.is_grad_enabled():
             scores = self.discriminator.score_with_grad(prompts, texts, batch_size=self.batch_size)
@@ -66,6 +69,7 @@ class DiscriminatorReward:
             "student": texts,
             "teacher": list(teacher_response),
             "teacher_length": list(teacher_length) if teacher_length is not None else None,
+            "teacher_finished": list(teacher_finished) if teacher_finished is not None else [True] * len(texts),
             "scores": scores,
         }
         return scores.detach().tolist()
@@ -112,7 +116,7 @@ class GADTrainer(GRPOTrainer):
         first_rows = _group_by_prompt(batch["prompts"], batch["teacher"])[3]
         self._log_step_diagnostics(stats.as_metrics(), batch, output, first_rows)
         if self.args.student_objective == "teacher_sft":
-            output.update(self._teacher_tensors(batch["prompts"], batch["teacher"], first_rows))
+            output.update(self._teacher_tensors(batch, first_rows))
         return output
 
     def _update_discriminator(self, batch):
@@ -201,10 +205,11 @@ class GADTrainer(GRPOTrainer):
             return self._teacher_sft_loss(model, inputs)
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
-    def _teacher_tensors(self, prompts, teachers, first_rows) -> dict[str, torch.Tensor]:
-        """Teacher response tokens for the warmup's cross-entropy, one row per prompt (weight 0 on repeats)."""
+    def _teacher_tensors(self, batch, first_rows) -> dict[str, torch.Tensor]:
+        """Teacher turn tokens for the warmup's cross-entropy, one row per prompt (weight 0 on repeats)."""
         device = self.accelerator.device
-        ids = [torch.tensor(self._teacher_completion_ids(p, t)) for p, t in zip(prompts, teachers, strict=True)]
+        turns = zip(batch["prompts"], batch["teacher"], batch["teacher_finished"], strict=True)
+        ids = [torch.tensor(teacher_turn_ids(self._tokenizer, p, t, f)[1]) for p, t, f in turns]
         mask = [torch.ones_like(x) for x in ids]
         weight = torch.zeros(len(ids), device=device)
         weight[first_rows] = 1.0
@@ -213,19 +218,6 @@ class GADTrainer(GRPOTrainer):
             "teacher_mask": pad(mask, padding_value=0, padding_side="right").to(device),
             "teacher_weight": weight,
         }
-
-    def _teacher_completion_ids(self, prompt, teacher: str) -> list[int]:
-        """The teacher turn as the student's chat template writes it after the generation prompt, end-of-turn
-        included: what the student must learn to generate, ending where its own samples end."""
-        tokenizer = self._tokenizer
-        head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": teacher}], tokenize=False)
-        tail = full[len(head) :].rstrip() if full.startswith(head) else teacher
-        ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
-        if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-            if tokenizer.eos_token and tokenizer.eos_token not in tail:
-                ids.append(tokenizer.eos_token_id)
-        return ids
 
     def _teacher_sft_loss(self, model, inputs) -> torch.Tensor:
         keep = inputs["teacher_weight"] > 0

@@ -2,6 +2,8 @@
 
 Prompts keep their chat messages (TRL applies the student's chat template). An over-long prompt loses the end of its
 last message and an over-long teacher response loses its end; each is counted and logged, never dropped silently.
+A cut response is marked unfinished, and the student is then trained on it without the end-of-turn token, so that it
+does not learn to stop where the cut was.
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ def truncate_rows(
         if max_response_length is not None and len(response_ids) > max_response_length:
             response, response_ids = _decode_head(tokenizer, response_ids[:max_response_length])
             stats.responses_truncated += 1
-        out.append(TrainingRow(prompt, response, row.id))
+            finished = False
+        else:
+            finished = row.finished
+        out.append(TrainingRow(prompt, response, row.id, finished))
         lengths.append(len(response_ids))
     stats.log()
     return out, lengths, stats
@@ -77,8 +82,26 @@ def _decode_head(tokenizer, ids: list[int]) -> tuple[str, list[int]]:
     return tokenizer.decode(ids), ids
 
 
+def teacher_turn_ids(tokenizer, prompt: list[dict[str, str]], response: str, finished: bool = True):
+    """``(prompt_ids, completion_ids)``: the prompt as the student's chat template writes it, generation prompt
+    included, then the teacher's turn as the template continues it, end-of-turn included only when the answer is
+    finished. What the student must learn to generate, ending where its own samples end."""
+    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    if not finished:
+        return prompt_ids, tokenizer(response, add_special_tokens=False)["input_ids"]
+    full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
+    tail = full[len(head) :].rstrip() if full.startswith(head) else response
+    completion_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token
+    if eos and eos not in tail:  # a template with no end-of-turn marker: end with EOS, where generation stops
+        completion_ids.append(tokenizer.eos_token_id)
+    return prompt_ids, completion_ids
+
+
 def gad_dataset(rows: list[TrainingRow], lengths: list[int]):
-    """Columns for the warmup and GAD trainers: ``prompt`` (messages), ``teacher_response``, ``teacher_length``."""
+    """Columns for the warmup and GAD trainers: ``prompt`` (messages), ``teacher_response``, ``teacher_length``,
+    ``teacher_finished``."""
     from datasets import Dataset
 
     return Dataset.from_dict(
@@ -86,17 +109,19 @@ def gad_dataset(rows: list[TrainingRow], lengths: list[int]):
             "prompt": [r.prompt for r in rows],
             "teacher_response": [r.response for r in rows],
             "teacher_length": lengths,
+            "teacher_finished": [r.finished for r in rows],
         }
     )
 
 
-def sft_dataset(rows: list[TrainingRow]):
-    """TRL's conversational prompt-completion format: the loss falls on the completion (the teacher answer) only."""
+def sft_dataset(rows: list[TrainingRow], tokenizer):
+    """Pre-tokenised SeqKD data (``input_ids``, ``completion_mask``): the loss falls on the teacher's turn only, and
+    an unfinished answer carries no end-of-turn token."""
     from datasets import Dataset
 
-    return Dataset.from_dict(
-        {
-            "prompt": [r.prompt for r in rows],
-            "completion": [[{"role": "assistant", "content": r.response}] for r in rows],
-        }
-    )
+    input_ids, completion_mask = [], []
+    for row in rows:
+        prompt_ids, completion_ids = teacher_turn_ids(tokenizer, row.prompt, row.response, row.finished)
+        input_ids.append(prompt_ids + completion_ids)
+        completion_mask.append([0] * len(prompt_ids) + [1] * len(completion_ids))
+    return Dataset.from_dict({"input_ids": input_ids, "completion_mask": completion_mask})

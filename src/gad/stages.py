@@ -76,7 +76,7 @@ def build_trainer(stage: str, config, student: str, tokenizer, rows, lengths, ca
         return SFTTrainer(
             model=student,
             args=config,
-            train_dataset=sft_dataset(rows),
+            train_dataset=sft_dataset(rows, tokenizer),
             processing_class=tokenizer,
             callbacks=list(callbacks),
             peft_config=peft_config,
