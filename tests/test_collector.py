@@ -341,7 +341,9 @@ def test_csv_prompts_with_chat_messages(tmp_path):
     with FaultServer() as server:
         collect(config(prompts, tmp_path / "out.jsonl", server.base_url, system="Be brief."))
         sent = [entry.body["messages"] for entry in server.log]
-    assert sent[0] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
+    # Requests run concurrently, so the server may see them in either order.
+    assert [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}] in sent
+    assert [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "second one"}] in sent
     rows = read_jsonl(tmp_path / "out.jsonl")
     assert [row["id"] for row in rows] == ["x", "y"]
 
