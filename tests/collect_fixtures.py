@@ -22,22 +22,15 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def gad_command(*args: str) -> list[str]:
-    """The CLI as a subprocess. ``collect`` runs through ``python -m gad.collect`` (the same ``gad.cli.main``, but
-    without importing the training commands, which take seconds to load)."""
-    if args and args[0] == "collect":
-        return [sys.executable, "-m", "gad.collect", *args[1:]]
-    return [sys.executable, "-m", "gad.cli", *args]
+    """The `gad` command line as a subprocess."""
+    return [sys.executable, "-m", "gad", *args]
 
 
 def main(argv: list[str]) -> int:
-    """``gad.cli.main`` in-process, with only the collect and serve commands registered (fast, and isolated from
-    other commands that are being edited)."""
-    from unittest import mock
-
+    """The `gad` command line in-process."""
     from gad import cli
 
-    with mock.patch.object(cli, "COMMAND_MODULES", ("gad.collect.cli", "gad.serve")):
-        return cli.main(argv)
+    return cli.main(argv)
 
 
 def collect_args(prompts: Path, out: Path, base_url: str, *extra: str) -> list[str]:
