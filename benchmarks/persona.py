@@ -177,35 +177,6 @@ def answer(model_dir, prompts, samples, system, args, seed, desc):
     ]
 
 
-def resolve_model_dir(name: str) -> str:
-    """A model folder: 'builtin:...' names are built once; 'smollm2' or a .gguf file is converted once."""
-    if name.startswith("builtin:"):
-        try:
-            from gad.models import resolve_model
-
-            return resolve_model(name)
-        except TypeError:  # older API: resolve_model(name, cache_dir) in gad.tiny
-            from gad.models import cache_dir
-            from gad.tiny import resolve_model
-
-            return resolve_model(name, cache_dir())
-    from gad.serve import resolve_model_id
-
-    return resolve_model_id(name)
-
-
-def derive_discriminator(model_dir: str, layers: int, folder: Path) -> str:
-    """The model's first ``layers`` layers as a causal-LM folder (the Discriminator adds the scalar head)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if (folder / "config.json").exists():
-        return str(folder)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, num_hidden_layers=layers)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
-    return str(folder)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # training
 
@@ -431,7 +402,9 @@ def main(argv=None) -> dict:
     pattern = args.checker_regex or pattern
     checker = re.compile(pattern, re.IGNORECASE)
 
-    model_dir = resolve_model_dir(args.model)
+    from gad.models import resolve_model
+
+    model_dir = resolve_model(args.model)
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gad-persona-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -459,7 +432,9 @@ def main(argv=None) -> dict:
 
     disc_dir = model_dir
     if args.disc_layers:
-        disc_dir = derive_discriminator(model_dir, args.disc_layers, work / f"disc-{args.disc_layers}layers")
+        from gad.models import first_layers
+
+        disc_dir = str(first_layers(model_dir, args.disc_layers))
 
     models = {
         "teacher": answer_metrics(teacher_test, teacher_test, checker, args, 0),

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from gad.cli import main
-from gad.demo import PRESETS, derive_discriminator, goal_checks, load_preset, pick_threads, style_pass
+from gad.demo import PRESETS, goal_checks, load_preset, pick_threads, style_pass
 from gad.errors import GadError
+from gad.models import first_layers
 from gad.recipe import resolve_stage
 
 
@@ -71,14 +72,14 @@ def test_derived_discriminator_keeps_the_first_layers(tiny_model_dir, tmp_path, 
     from gad.discriminator import Discriminator
 
     monkeypatch.setenv("GAD_CACHE_DIR", str(tmp_path))
-    folder = derive_discriminator(tiny_model_dir, 2)
+    folder = first_layers(tiny_model_dir, 2)
     assert AutoConfig.from_pretrained(folder).num_hidden_layers == 2
-    assert derive_discriminator(tiny_model_dir, 2) == folder  # built once
+    assert first_layers(tiny_model_dir, 2) == folder  # built once
     disc = Discriminator.from_pretrained(folder)
     scores = disc.score([[{"role": "user", "content": "Hi?"}]], ["Ahoy!"])
     assert scores.shape == (1,)
-    with pytest.raises(GadError, match="discriminator_layers"):
-        derive_discriminator(tiny_model_dir, 9)
+    with pytest.raises(GadError, match="number of layers"):
+        first_layers(tiny_model_dir, 9)
 
 
 def test_tiny_demo_runs_the_whole_pipeline_through_the_real_interfaces(tmp_path, capsys, monkeypatch):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gad.errors import GadError
+from gad.models import first_layers, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -171,51 +172,6 @@ class Progress:
 
 
 # --- models --------------------------------------------------------------------------------------------------------
-
-
-def resolve_demo_model(name: str) -> str:
-    """A loadable folder for ``builtin:smollm2`` / ``smollm2``, ``builtin:tiny-llama``, a ``.gguf`` or a folder."""
-    from gad.models import resolve_model
-    from gad.serve import resolve_model_id
-
-    if name.startswith("builtin:"):
-        return resolve_model(name)
-    return resolve_model_id(name)
-
-
-def derive_discriminator(model_folder: str | Path, layers: int) -> Path:
-    """The first ``layers`` transformer layers of a causal LM (embeddings and final norm kept), saved once.
-
-    :class:`gad.discriminator.Discriminator` puts a new scalar head on it. It starts from the student's own weights,
-    as in the paper, but costs a fraction of the student per token: on a CPU the discriminator's forward and
-    backward passes over teacher and student sequences are otherwise the largest cost of a GAD step.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from gad.models import cache_dir
-
-    source = Path(model_folder)
-    folder = cache_dir() / "models" / f"{source.name}-first{layers}layers"
-    if (folder / "config.json").is_file():
-        return folder
-    config = AutoConfig.from_pretrained(source)
-    if layers < 1 or layers > config.num_hidden_layers:
-        raise GadError(f"discriminator_layers must be within 1..{config.num_hidden_layers}, got {layers}")
-    config.num_hidden_layers = layers
-    if isinstance(getattr(config, "layer_types", None), list):
-        config.layer_types = config.layer_types[:layers]
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the dropped layers are reported as unused weights: expected
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, config=config)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    partial = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(partial)
-    AutoTokenizer.from_pretrained(source).save_pretrained(partial)
-    partial.replace(folder)
-    return folder
 
 
 # --- data ----------------------------------------------------------------------------------------------------------
@@ -486,9 +442,9 @@ def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
 
     progress.phase("models", f"student {spec.student}, teacher {spec.teacher} (converted once, then cached)")
-    student = resolve_demo_model(spec.student)
-    teacher_model = resolve_demo_model(spec.teacher)
-    discriminator = derive_discriminator(student, spec.discriminator_layers) if spec.discriminator_layers else None
+    student = resolve_model(spec.student)
+    teacher_model = resolve_model(spec.teacher)
+    discriminator = first_layers(student, spec.discriminator_layers) if spec.discriminator_layers else None
     progress.say(f"  student {student}")
     if discriminator:
         progress.say(f"  discriminator: the student's first {spec.discriminator_layers} layers + a scalar head")

@@ -24,8 +24,12 @@ BUILTIN_MODELS = {
 
 
 def resolve_model(name: str) -> str:
-    """A loadable folder for a model name: built-in names are materialised once under :func:`cache_dir`; anything
-    else (a folder, or a hub id where the hub is reachable) is returned unchanged."""
+    """A loadable folder for a model name: built-in names (and ``smollm2``, and ``.gguf`` files) are materialised once
+    under :func:`cache_dir`; anything else (a folder, or a hub id where the hub is reachable) is returned unchanged."""
+    if name == "smollm2" or name.endswith(".gguf"):
+        from gad.serve import resolve_model_id
+
+        return resolve_model_id(name)
     if not name.startswith("builtin:"):
         return name
     if name == "builtin:tiny-llama":
@@ -74,3 +78,36 @@ def require_model_folder(path: str, what: str) -> None:
             f"{what} model folder not found: {path} (give a local Hugging Face folder; hub names are not fetched "
             "offline)"
         )
+
+
+def first_layers(model_folder: str | Path, layers: int) -> Path:
+    """The first ``layers`` transformer layers of a causal LM (embeddings and final norm kept), saved once under
+    :func:`cache_dir`.
+
+    A smaller discriminator that still starts from the student's own weights, as in the paper: on a CPU the
+    discriminator's forward and backward passes are otherwise the largest cost of a GAD step.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    source = Path(model_folder)
+    folder = cache_dir() / "models" / f"{source.name}-first{layers}layers"
+    if (folder / "config.json").is_file():
+        return folder
+    config = AutoConfig.from_pretrained(source)
+    if layers < 1 or layers > config.num_hidden_layers:
+        raise GadError(f"the number of layers must be within 1..{config.num_hidden_layers}, got {layers}")
+    config.num_hidden_layers = layers
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:layers]
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the dropped layers are reported as unused weights: expected
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, config=config)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    partial = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(partial)
+    AutoTokenizer.from_pretrained(source).save_pretrained(partial)
+    partial.replace(folder)
+    return folder
