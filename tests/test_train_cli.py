@@ -103,10 +103,22 @@ def test_bad_input_gives_one_clear_line_and_exit_code_2(tmp_path, capsys):
 
 
 def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
-    (tmp_path / "run" / "seqkd" / "checkpoint-2").mkdir(parents=True)
+    from gad.stages import _checkpoint_to_resume
+
+    stage = tmp_path / "run" / "seqkd"
+    (stage / "checkpoint-2").mkdir(parents=True)
     base = ["train", "--stage", "seqkd", "--config", str(RECIPE), f"run_dir={tmp_path / 'run'}"]
     assert "pass --resume to continue it, --overwrite" in _error_line(capsys, base)
-    assert "no complete checkpoint" in _error_line(capsys, [*base, "--resume"])
+    # --resume with only an incomplete checkpoint (killed while saving) starts the stage again
+    assert _checkpoint_to_resume(stage, True, overwrite=False) is None
+    assert not (stage / "checkpoint-2").exists()
+
+
+def test_resume_skips_finished_stages_of_a_pipeline(tiny_run, capsys):
+    argv = ["train", "--stage", "seqkd,warmup,gad", "--config", str(RECIPE), f"run_dir={tiny_run}", "--resume"]
+    before = (tiny_run / "gad" / "student" / "model.safetensors").stat().st_mtime
+    assert main(argv) == 0
+    assert (tiny_run / "gad" / "student" / "model.safetensors").stat().st_mtime == before
 
 
 def test_nan_loss_stops_the_run_with_advice():

@@ -8,6 +8,7 @@ folder's root, ``discriminator/`` beside it), and at the end ``student/`` and, f
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -23,11 +24,19 @@ from gad.models import load_tokenizer, require_model_folder, resolve_model
 from gad.prepare import gad_dataset, sft_dataset, truncate_rows
 
 logger = logging.getLogger(__name__)
+FINISHED_MARKER = "gad_finished.json"
 
 
 def run_stage(stage: str, config: SeqKDConfig | GADConfig, *, resume: bool | str = False, overwrite: bool = False):
-    """Train one stage (``seqkd``, ``warmup`` or ``gad``) and return its output folder."""
+    """Train one stage (``seqkd``, ``warmup`` or ``gad``) and return its output folder.
+
+    With ``resume``, a stage that already finished is left as it is, and one with no complete checkpoint starts from
+    the beginning, so ``gad train --stage seqkd,warmup,gad --resume`` picks a killed pipeline up where it stopped.
+    """
     output_dir = Path(config.output_dir)
+    if resume is True and (output_dir / FINISHED_MARKER).exists():
+        logger.info("%s already finished in %s; nothing to resume", stage, output_dir)
+        return output_dir
     checkpoint = _checkpoint_to_resume(output_dir, resume, overwrite)
 
     # The student and its tokenizer (prompts are rendered with the student's chat template).
@@ -62,6 +71,7 @@ def run_stage(stage: str, config: SeqKDConfig | GADConfig, *, resume: bool | str
         tokenizer.save_pretrained(output_dir / "student")
         if stage != "seqkd":
             trainer.discriminator.save_pretrained(output_dir / "discriminator")
+        (output_dir / FINISHED_MARKER).write_text(json.dumps({"stage": stage, "step": trainer.state.global_step}))
     trainer.accelerator.wait_for_everyone()
     logger.info("%s finished: student in %s", stage, output_dir / "student")
     return output_dir
@@ -136,10 +146,11 @@ def _checkpoint_to_resume(output_dir: Path, resume: bool | str, overwrite: bool)
         return checkpoint
     if resume:
         checkpoint = latest_checkpoint(output_dir)
-        if checkpoint is None:
-            raise GadError(f"no complete checkpoint in {output_dir} to resume from; run without --resume")
-        logger.info("resuming from %s", checkpoint)
-        return checkpoint
+        if checkpoint is not None:
+            logger.info("resuming from %s", checkpoint)
+            return checkpoint
+        logger.warning("no complete checkpoint in %s: the stage starts from the beginning", output_dir)
+        overwrite = True  # what is there is incomplete
     earlier = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
     if earlier and not overwrite:
         raise GadError(
