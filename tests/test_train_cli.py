@@ -115,7 +115,10 @@ def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
 
 
 def test_resume_skips_finished_stages_of_a_pipeline(tiny_run, capsys):
-    argv = ["train", "--stage", "seqkd,warmup,gad", "--config", str(RECIPE), f"run_dir={tiny_run}", "--resume"]
+    from conftest import TINY_RUN_OVERRIDES
+
+    argv = ["train", "--stage", "seqkd,warmup,gad", "--config", str(RECIPE), f"run_dir={tiny_run}", "--resume",
+            *TINY_RUN_OVERRIDES]  # fmt: skip
     before = (tiny_run / "gad" / "student" / "model.safetensors").stat().st_mtime
     assert main(argv) == 0
     assert (tiny_run / "gad" / "student" / "model.safetensors").stat().st_mtime == before

@@ -40,7 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse stops filling KEY=VALUE overrides at the first option: `train ... --resume lr=1e-6` is still valid.
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides.extend(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not args.debug:
         # Deprecation notices from inside transformers/TRL say nothing a gad user can act on.
         warnings.filterwarnings("ignore", category=FutureWarning)

@@ -34,7 +34,7 @@ def run_stage(stage: str, config: SeqKDConfig | GADConfig, *, resume: bool | str
     the beginning, so ``gad train --stage seqkd,warmup,gad --resume`` picks a killed pipeline up where it stopped.
     """
     output_dir = Path(config.output_dir)
-    if resume is True and (output_dir / FINISHED_MARKER).exists():
+    if resume is True and _finished(output_dir, config):
         logger.info("%s already finished in %s; nothing to resume", stage, output_dir)
         return output_dir
     checkpoint = _checkpoint_to_resume(output_dir, resume, overwrite)
@@ -71,7 +71,7 @@ def run_stage(stage: str, config: SeqKDConfig | GADConfig, *, resume: bool | str
         tokenizer.save_pretrained(output_dir / "student")
         if stage != "seqkd":
             trainer.discriminator.save_pretrained(output_dir / "discriminator")
-        (output_dir / FINISHED_MARKER).write_text(json.dumps({"stage": stage, "step": trainer.state.global_step}))
+        (output_dir / FINISHED_MARKER).write_text(json.dumps({"stage": stage, **_length(config)}))
     trainer.accelerator.wait_for_everyone()
     logger.info("%s finished: student in %s", stage, output_dir / "student")
     return output_dir
@@ -136,6 +136,18 @@ def write_config(path: Path, stage: str, config, data: dict) -> None:
     """The resolved config, every default included, so that a run can be repeated exactly."""
     resolved = {"stage": stage, **config.to_dict(), "data": data}
     path.write_text(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None))
+
+
+def _length(config) -> dict:
+    return {"max_steps": config.max_steps, "num_train_epochs": config.num_train_epochs}
+
+
+def _finished(output_dir: Path, config) -> bool:
+    """Whether the stage already ran to the end with this length (a longer run resumes from its last checkpoint)."""
+    marker = output_dir / FINISHED_MARKER
+    return marker.exists() and {k: v for k, v in json.loads(marker.read_text()).items() if k != "stage"} == _length(
+        config
+    )
 
 
 def _checkpoint_to_resume(output_dir: Path, resume: bool | str, overwrite: bool) -> Path | None:

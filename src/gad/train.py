@@ -35,12 +35,10 @@ def register(subparsers) -> None:
     parser.add_argument("--config", metavar="RECIPE.yaml", help="the recipe (YAML); see recipes/")
     parser.add_argument(
         "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="CHECKPOINT",
-        help="continue a killed run: from its newest complete checkpoint, or from CHECKPOINT",
+        action="store_true",
+        help="continue a killed run from each stage's newest complete checkpoint (finished stages are skipped)",
     )
+    parser.add_argument("--resume-from", metavar="CHECKPOINT", help="continue one stage from this checkpoint folder")
     parser.add_argument(
         "--overwrite", action="store_true", help="discard checkpoints of an earlier run and start again"
     )
@@ -58,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages:
         raise GadError(f"unknown stage '{','.join(unknown) or args.stage}'; choose from {', '.join(STAGES)}")
-    if args.resume and not isinstance(args.resume, bool) and len(stages) > 1:
-        raise GadError("--resume CHECKPOINT names one checkpoint: run a single stage with it")
+    if args.resume_from and len(stages) > 1:
+        raise GadError("--resume-from names one checkpoint: run a single stage with it")
+    resume = args.resume_from or args.resume
     recipe = load_recipe(args.config)
     overrides = parse_overrides(args.overrides)
     for stage in stages:
@@ -71,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
             continue
         from gad.stages import run_stage
 
-        output = run_stage(stage, config, resume=args.resume, overwrite=args.overwrite)
+        output = run_stage(stage, config, resume=resume, overwrite=args.overwrite)
         print(f"{stage}: done -> {output}/student" + ("" if stage == "seqkd" else f", {output}/discriminator"))
     return 0
