@@ -422,8 +422,10 @@ def main(argv=None) -> dict:
     train_file = work / "teacher_train.jsonl"
     with train_file.open("w") as handle:
         for r in kept:
+            # An answer cut by max_new_tokens is marked unfinished, so the student is not taught to stop there.
             handle.write(json.dumps({"id": f"{r['id']}#{r['sample']}", "prompt": r["prompt"],
-                                     "teacher_response": r["response"]}) + "\n")  # fmt: skip
+                                     "teacher_response": r["response"],
+                                     "finish_reason": "stop" if r["stop"] else "length"}) + "\n")  # fmt: skip
     teacher_test = answer(model_dir, test_prompts, args.eval_samples, system, args, 20_000, "teacher test")
     base_test = answer(model_dir, test_prompts, args.eval_samples, None, args, 30_000, "student before")
     teacher_seconds = time.monotonic() - t0
