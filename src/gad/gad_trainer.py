@@ -112,8 +112,7 @@ class GADTrainer(GRPOTrainer):
             return output
         batch = self.reward.last_batch
         self.reward.last_batch = None
-        stats = self._update_discriminator(batch)
-        first_rows = _group_by_prompt(batch["prompts"], batch["teacher"])[3]
+        stats, first_rows = self._update_discriminator(batch)
         self._log_step_diagnostics(stats.as_metrics(), batch, output, first_rows)
         if self.args.student_objective == "teacher_sft":
             output.update(self._teacher_tensors(batch, first_rows))
@@ -121,7 +120,7 @@ class GADTrainer(GRPOTrainer):
 
     def _update_discriminator(self, batch):
         """``discriminator_updates`` steps on the fresh samples plus ``discriminator_replay`` replayed ones; returns
-        the first step's statistics, measured before any update (held out)."""
+        the first step's statistics, measured before any update (held out), and each fresh prompt's first row."""
         prompts, teachers, students = list(batch["prompts"]), list(batch["teacher"]), list(batch["student"])
         scores = batch["scores"]
         replayed = self.replay.sample(self.args.discriminator_replay)
@@ -132,7 +131,7 @@ class GADTrainer(GRPOTrainer):
                 [scores, score(old_prompts, old_students, batch_size=self.args.discriminator_batch_size)]
             )
             prompts, teachers, students = prompts + old_prompts, teachers + old_teachers, students + old_students
-        unique_prompts, unique_teachers, group, _ = _group_by_prompt(prompts, teachers)
+        unique_prompts, unique_teachers, group, first_rows = _group_by_prompt(prompts, teachers)
         num_fresh = len(batch["student"])
         first = None
         for _ in range(self.args.discriminator_updates):
@@ -142,7 +141,7 @@ class GADTrainer(GRPOTrainer):
             first = first or stats
         if self.args.discriminator_replay:
             self.replay.add(zip(batch["prompts"], batch["teacher"], batch["student"], strict=True))
-        return first
+        return first, [row for row in first_rows if row < num_fresh]
 
     def _log_step_diagnostics(self, d_metrics, batch, output, first_rows) -> None:
         student_len = output["completion_mask"].sum(dim=1).float().mean().item()
