@@ -1,8 +1,9 @@
 """Benchmark, informative regime: can a student learn a teacher's *hidden* style from its answers alone?
 
-The teacher is a pretrained chat model (default SmolLM2-135M-Instruct) answering under a hidden system prompt (default:
-a pirate persona) that a checker can verify (default: a regex of pirate words). The student is the same pretrained
-model *without* that system prompt; it sees only (prompt, teacher answer) pairs from ``dolly_train``. SeqKD and GAD
+The teacher is a pretrained chat model (default SmolLM2-135M-Instruct) answering under a hidden system prompt that a
+checker can verify (default ``--style demo``: the persona of ``make demo``, answers that start with "Ahoy" and say
+"matey"). The student is the same pretrained model *without* that prompt; it sees only (prompt, teacher answer) pairs
+from ``dolly_train``. SeqKD and GAD
 (warmup + adversarial stage) get the same teacher answers (equal teacher budget) and the same training wall-clock.
 Tested on out-of-distribution prompts (``vicuna80``, ``selfinst252``):
 
@@ -16,10 +17,11 @@ Tested on out-of-distribution prompts (``vicuna80``, ``selfinst252``):
 The teacher is run in-process (the same weights plus the hidden system prompt), not through ``gad.serve``: on a shared
 2-core CPU an HTTP round trip per answer would only add overhead; the student never sees anything but the answers.
 
-CPU-scale defaults (about 45 min on 2 shared cores): 48 train prompts, 40 test prompts x 2 samples, answers of at most
-32 tokens, LoRA students, a discriminator made of SmolLM2's first 8 layers, 270 s of training per method and seed.
+CPU-scale defaults (about 35 min on 2 cores), the training settings of recipes/demo-default.yaml: 96 train prompts,
+60 test prompts x 2 samples, answers of at most 40 tokens, full fine-tuning, a discriminator made of SmolLM2's first 4
+layers, 300 s of training per method and seed.
 
-    .venv/bin/python benchmarks/persona.py [--seeds 0 1] [--train-seconds 270] [--out benchmarks/results/persona.json]
+    .venv/bin/python benchmarks/persona.py [--seeds 0 1] [--train-seconds 300] [--out benchmarks/results/persona.json]
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "persona.json"
 
 # Built-in styles: (hidden system prompt, checker regex, searched case-insensitively in the answer).
-# SmolLM2-135M ignores most format instructions (an answer prefix, ALL CAPS: 0 of 12 in a probe) but often adopts a
-# pirate persona, so that is the default; its checker looks for pirate vocabulary.
+# SmolLM2-135M ignores a bare format instruction (an answer prefix, ALL CAPS: 0 of 12 in a probe) and follows a bare
+# pirate persona on about a quarter of the prompts ("pirate": the regime stays barely informative, see the README).
+# With three example exchanges in the hidden prompt it follows a checkable format on most prompts: "demo", the
+# persona of `make demo`, read from recipes/demo-default.yaml so that both always use the same teacher.
 STYLES = {
     "pirate": (
         "You are a pirate. Always start your answer with 'Arr!' and speak like a pirate.",
@@ -53,6 +57,18 @@ STYLES = {
         r"hearties|buccaneers?|doubloons?|shipmates?|captain|seas|sail\w*|shiver|timbers)\b",
     ),
 }
+
+
+def style(name: str) -> tuple[str, str]:
+    """(hidden system prompt, checker regex) of a built-in style."""
+    if name in STYLES:
+        return STYLES[name]
+    from gad.demo import load_preset
+
+    spec = load_preset("default")
+    start, contains = re.escape(spec.style_starts_with), re.escape(spec.style_contains)
+    return spec.teacher_system, rf"^\s*{start}[\s\S]*{contains}"  # as gad.demo.style_pass
+
 
 GOAL_C2ST_POINTS = 5.0
 
@@ -71,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="smollm2",
         help="teacher = student start: 'smollm2', a HF folder, or 'builtin:tiny-llama' (smoke tests)",
     )
-    g.add_argument("--style", default="pirate", choices=sorted(STYLES), help="built-in persona and checker")
+    g.add_argument("--style", default="demo", choices=["demo", *sorted(STYLES)], help="built-in persona and checker")
     g.add_argument("--system-prompt", default=None, help="hidden teacher system prompt (overrides --style's)")
     g.add_argument("--checker-regex", default=None, help="style checker: a regex searched case-insensitively")
     g.add_argument(
@@ -83,39 +99,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument(
         "--disc-layers",
         type=int,
-        default=8,
+        default=4,
         help="discriminator = the model's first K layers + a scalar head (0: the full student, as in the paper)",
     )
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=os.environ.get("GAD_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     g.add_argument("--train-set", default="dolly_train")
     g.add_argument("--test-sets", nargs="+", default=["vicuna80", "selfinst252"])
-    g.add_argument("--train-prompts", type=int, default=48)
+    g.add_argument("--train-prompts", type=int, default=96)
     g.add_argument("--teacher-samples", type=int, default=1, help="teacher answers per train prompt")
-    g.add_argument("--test-prompts", type=int, default=20, help="per test set")
+    g.add_argument("--test-prompts", type=int, default=30, help="per test set")
     g.add_argument("--eval-samples", type=int, default=2, help="answers per test prompt, teacher and student")
     g.add_argument("--max-prompt-chars", type=int, default=200, help="keep prompts at most this long")
-    g.add_argument("--max-new-tokens", type=int, default=32, help="answer length cap (teacher, student, rollouts)")
+    g.add_argument("--max-new-tokens", type=int, default=40, help="answer length cap (teacher, student, rollouts)")
     g.add_argument("--temperature", type=float, default=0.8, help="teacher, rollout and evaluation sampling")
     g = p.add_argument_group("training (per method and seed)")
     g.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     g.add_argument(
         "--train-seconds",
         type=float,
-        default=270.0,
+        default=300.0,
         help="training-loop wall-clock per method and seed (GAD: warmup + adversarial stage)",
     )
-    g.add_argument("--seqkd-batch", type=int, default=4, help="SeqKD prompts per step")
-    g.add_argument("--sft-lr", type=float, default=2e-4, help="SeqKD and warmup student learning rate (LoRA)")
-    g.add_argument("--gad-lr", type=float, default=5e-5, help="GAD stage student learning rate (LoRA)")
-    g.add_argument("--disc-lr", type=float, default=2e-5)
-    g.add_argument("--disc-updates", type=int, default=2, help="discriminator steps per training step")
-    g.add_argument("--prompts-per-step", type=int, default=2, help="warmup/GAD prompts per step")
+    g.add_argument("--seqkd-batch", type=int, default=8, help="SeqKD prompts per step")
+    g.add_argument("--sft-lr", type=float, default=1e-4, help="SeqKD and warmup student learning rate")
+    g.add_argument("--gad-lr", type=float, default=1e-5, help="GAD stage student learning rate")
+    g.add_argument("--disc-lr", type=float, default=5e-5)
+    g.add_argument("--disc-updates", type=int, default=1, help="discriminator steps per training step")
+    g.add_argument("--prompts-per-step", type=int, default=4, help="warmup/GAD prompts per step")
     g.add_argument("--generations", type=int, default=4, help="warmup/GAD samples per prompt")
     g.add_argument("--warmup-steps", type=int, default=6, help="warmup steps (at most; the time budget is shared)")
     g.add_argument("--d-only-steps", type=int, default=2, help="discriminator-only steps at the start of warmup")
     g.add_argument("--beta", type=float, default=0.0, help="GAD KL weight (0 saves the reference forward on CPU)")
-    g.add_argument("--lora-r", type=int, default=16, help="student LoRA rank (0: full fine-tuning)")
+    g.add_argument("--lora-r", type=int, default=0, help="student LoRA rank (0: full fine-tuning)")
     g.add_argument("--lora-alpha", type=int, default=32)
     g = p.add_argument_group("evaluation and output")
     g.add_argument("--c2st-splits", type=int, default=5, help="random halvings of the test prompts")
@@ -397,7 +413,7 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     started = time.monotonic()
-    system, pattern = STYLES[args.style]
+    system, pattern = style(args.style)
     system = args.system_prompt or system
     pattern = args.checker_regex or pattern
     checker = re.compile(pattern, re.IGNORECASE)
@@ -509,16 +525,15 @@ def main(argv=None) -> dict:
 
 
 NOTES = [
-    "CPU-scale: a few dozen teacher answers, 32-token answers, a few minutes of training per method, LoRA students, "
-    "a discriminator cut to the model's first layers. The numbers show whether the pipeline separates the methods at "
+    "CPU-scale: about a hundred teacher answers, 40-token answers, five minutes of training per method, a "
+    "discriminator cut to the model's first layers. The numbers show whether the pipeline separates the methods at "
     "this scale, not the paper's effect sizes.",
     "A GPU run would use hundreds to thousands of train prompts, full-length answers (256+ tokens), the full student "
-    "as discriminator (paper), full fine-tuning, 1 SeqKD epoch-equivalent of warmup and hundreds of GAD steps, and "
-    "all 80 + 252 test prompts with more samples each (C2ST standard error about 1 point).",
+    "as discriminator (paper), 1 SeqKD epoch-equivalent of warmup and hundreds of GAD steps, and all 80 + 252 test "
+    "prompts with more samples each (C2ST standard error about 1 point).",
     "C2ST uses a bag-of-ngrams classifier: it detects lexical style (the persona) and length, not fluency.",
-    "Teacher answers cut at --max-new-tokens are trained on as if they ended there: SeqKD (TRL) and the warmup "
-    "append the end-of-turn token to every teacher response, so students learn to stop early (see 'stop %'). Raise "
-    "--max-new-tokens on a faster machine, or train on unfinished answers without the end-of-turn token (needs src/).",
+    "Teacher answers cut at --max-new-tokens are marked unfinished (finish_reason length) and trained on without an "
+    "end-of-turn token, so students are not taught to stop where the cap cut the teacher.",
 ]
 
 

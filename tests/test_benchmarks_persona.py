@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 from conftest import REPO
 
@@ -38,3 +39,14 @@ def test_persona_benchmark_runs_end_to_end(tmp_path):
     gad = next(r for r in saved["runs"] if r["method"] == "gad")
     assert gad["d_acc_warmup"] and gad["gad_steps"] >= 1 and 0 <= gad["disc_test_acc"] <= 100
     assert saved["summary"]["gad"]["seeds"] == 1 and "c2st_points_closer_to_50" in saved["goals"]
+
+
+def test_demo_style_checks_what_the_demo_checks():
+    from gad.demo import load_preset, style_pass
+
+    system, pattern = _load_benchmark().style("demo")
+    spec = load_preset("default")
+    assert system == spec.teacher_system
+    checker = re.compile(pattern, re.IGNORECASE)
+    for text in ("Ahoy! Paris be it, matey.", "  ahoy there mateys", "Ahoy! Paris.", "Well, ahoy matey", "matey ahoy"):
+        assert bool(checker.search(text)) == style_pass(text, spec.style_starts_with, spec.style_contains), text

@@ -210,3 +210,42 @@ def test_fused_update_back_propagates_the_reward_graph_and_matches_the_chunked_u
     assert stats_a.accuracy == stats_b.accuracy
     for (name, x), y in zip(chunked.named_parameters(), fused.parameters(), strict=True):
         assert torch.allclose(x, y, atol=1e-6), name
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_training_only_the_top_layers_matches_full_gradients_there_and_freezes_the_rest(tiny_model_dir, fused):
+    prompts, teacher, student = _pairs(NOUNS[:3])
+    group = [0, 1, 2]
+    full = Discriminator.from_pretrained(tiny_model_dir, seed=5)
+    top = copy.deepcopy(full)
+    top.train_top_layers(1)
+    before = {name: p.detach().clone() for name, p in top.named_parameters()}
+    trainable = {name for name, p in top.named_parameters() if p.requires_grad}
+    last = len(top.model.model.layers) - 1
+    assert trainable
+    assert all(f"layers.{last}." in n or "score" in n or n.endswith("model.norm.weight") for n in trainable)
+    assert not any("embed_tokens" in n for n in trainable)
+
+    sgd = dict(learning_rate=1.0, max_grad_norm=None, batch_size=2)
+    a, b = DiscriminatorUpdater(full, **sgd), DiscriminatorUpdater(top, **sgd)
+    a.optimizer = torch.optim.SGD(full.parameters(), lr=1.0)
+    b.optimizer = torch.optim.SGD([p for p in top.parameters() if p.requires_grad], lr=1.0)
+    assert sum(len(g["params"]) for g in b.optimizer.param_groups) == len(trainable)
+    scores = top.score_with_grad(prompts, student, batch_size=2) if fused else None
+    b.step(prompts, teacher, student, group, scores)
+    a.step(prompts, teacher, student, group)
+
+    # The same gradient as the full update where the parameters train; untouched everywhere else.
+    for (name, x), y in zip(top.named_parameters(), full.parameters(), strict=True):
+        expected = y if name in trainable else before[name]
+        assert torch.allclose(x, expected, atol=1e-6), name
+    assert any(not torch.equal(before[n], p) for n, p in top.named_parameters() if n in trainable)
+
+
+def test_top_layer_count_is_checked(tiny_model_dir):
+    disc = Discriminator.from_pretrained(tiny_model_dir)
+    layers = len(disc.model.model.layers)
+    with pytest.raises(GadError, match=rf"1\.\.{layers}"):
+        disc.train_top_layers(layers + 1)
+    disc.train_top_layers(None)
+    assert all(p.requires_grad for p in disc.parameters())

@@ -10,6 +10,7 @@ import torch
 from gad.config import GADConfig, WarmupConfig
 from gad.data import load_training_rows
 from gad.discriminator import DiscriminatorStats, DiscriminatorUpdater
+from gad.errors import GadError
 from gad.models import load_tokenizer
 from gad.prepare import teacher_turn_ids, truncate_rows
 from gad.stages import build_trainer, run_stage
@@ -214,3 +215,25 @@ def test_fused_discriminator_update_trains_like_the_chunked_one(tmp_path, tiny_m
     for chunked, fused in zip(runs[False], runs[True], strict=True):
         assert fused["d_loss"] == pytest.approx(chunked["d_loss"], rel=1e-4)
         assert fused["reward"] == pytest.approx(chunked["reward"], rel=1e-4, abs=1e-5)
+
+
+def test_discriminator_trainable_layers_freezes_the_lower_discriminator(tmp_path, tiny_model_dir, tiny_train_file):
+    trainer = _trainer(
+        "gad", GADConfig, tmp_path, tiny_model_dir, tiny_train_file,
+        max_steps=1, discriminator_learning_rate=1e-3, discriminator_trainable_layers=1,
+        discriminator_fused_update=True,
+    )  # fmt: skip
+    disc = trainer.discriminator
+    before = {name: p.detach().clone() for name, p in disc.named_parameters()}
+    trainer.train()
+    changed = {name for name, p in disc.named_parameters() if not torch.equal(before[name], p)}
+    top = f"layers.{len(disc.model.model.layers) - 1}."
+    assert any(top in name for name in changed) and any("score" in name for name in changed)
+    assert all(top in name or "score" in name or name.endswith("model.norm.weight") for name in changed), changed
+    with pytest.raises(GadError, match="discriminator_trainable_layers"):
+        GADConfig(
+            output_dir=str(tmp_path / "x"),
+            student=str(tiny_model_dir),
+            train_file=str(tiny_train_file),
+            discriminator_trainable_layers=0,
+        )

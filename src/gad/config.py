@@ -187,6 +187,14 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
             "sample are held at once. Off: the update re-scores in chunks of discriminator_batch_size."
         ),
     )
+    discriminator_trainable_layers: int | None = field(
+        default=None,
+        metadata=_help(
+            "Train only the discriminator's top N transformer layers (plus final norm and score head); embeddings and "
+            "lower layers stay frozen. Cuts the update's backward pass and optimizer states to those layers. None: "
+            "train all of it (paper)."
+        ),
+    )
     discriminator_max_length: int = field(
         default=4096, metadata=_help("Longest [prompt; response] the discriminator reads; cut from the left.")
     )
@@ -249,6 +257,9 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
         for name in ("discriminator_learning_rate", "discriminator_batch_size", "discriminator_max_length"):
             if getattr(self, name) <= 0:
                 raise GadError(f"{name} must be positive, got {getattr(self, name)}")
+        layers = self.discriminator_trainable_layers
+        if layers is not None and layers < 1:
+            raise GadError(f"discriminator_trainable_layers must be >= 1 (or none: train all), got {layers}")
         if self.d_only_steps < 0:
             raise GadError(f"d_only_steps must be >= 0, got {self.d_only_steps}")
         if self.discriminator_updates < 1:

@@ -123,6 +123,23 @@ class Discriminator(torch.nn.Module):
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 
+    def train_top_layers(self, count: int | None) -> None:
+        """Train only the top ``count`` transformer layers, the final norm and the score head; the input embeddings and
+        the lower layers are frozen. ``None`` trains everything (the paper). The update then back-propagates through
+        the top layers only and keeps optimizer states for them only. Call before building the optimizer."""
+        if count is None:
+            return
+        layers = _decoder_layers(self.model)
+        if layers is None:
+            raise GadError(
+                f"discriminator_trainable_layers: cannot find the layer list of {type(self.model).__name__}; "
+                "leave it unset to train the whole discriminator"
+            )
+        if not 1 <= count <= len(layers):
+            raise GadError(f"discriminator_trainable_layers must be in 1..{len(layers)} (its layer count), got {count}")
+        for module in (self.model.get_input_embeddings(), *layers[: len(layers) - count]):
+            module.requires_grad_(False)
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -285,6 +302,15 @@ class DiscriminatorUpdater:
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:
+    """The backbone's list of transformer layers: the module list as long as ``config.num_hidden_layers``."""
+    count = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    return None
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:

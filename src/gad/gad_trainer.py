@@ -92,6 +92,7 @@ class GADTrainer(GRPOTrainer):
         )
         super().__init__(model=model, reward_funcs=[self.reward], args=args, train_dataset=train_dataset, **kwargs)
         self.discriminator = discriminator.to(self.accelerator.device)
+        discriminator.train_top_layers(args.discriminator_trainable_layers)
         self.discriminator_updater = DiscriminatorUpdater(
             discriminator,
             learning_rate=args.discriminator_learning_rate,
