@@ -128,8 +128,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--disc-updates", type=int, default=1, help="discriminator steps per training step")
     g.add_argument("--prompts-per-step", type=int, default=4, help="warmup/GAD prompts per step")
     g.add_argument("--generations", type=int, default=4, help="warmup/GAD samples per prompt")
-    g.add_argument("--warmup-steps", type=int, default=6, help="warmup steps (at most; the time budget is shared)")
-    g.add_argument("--d-only-steps", type=int, default=2, help="discriminator-only steps at the start of warmup")
+    g.add_argument(
+        "--gad-warmup",
+        choices=["sft", "joint"],
+        default="sft",
+        help="GAD's warmup before the adversarial stage. sft: the generator warmup is SFT on the teacher answers with "
+        "SeqKD's trainer and settings for --warmup-epochs, then the discriminator trains alone for --d-only-steps "
+        "steps on the warmed student's samples (the paper's two warmups, one after the other). joint: gad's warmup "
+        "stage (student SFT and discriminator together, rollouts every step; discriminator alone for the first "
+        "--d-only-steps), at most --warmup-steps",
+    )
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="sft warmup: epochs over the answers (paper: 1)")
+    g.add_argument("--warmup-steps", type=int, default=6, help="joint warmup steps (at most; the budget is shared)")
+    g.add_argument("--d-only-steps", type=int, default=4, help="discriminator-only warmup steps")
     g.add_argument("--beta", type=float, default=0.0, help="GAD KL weight (0 saves the reference forward on CPU)")
     g.add_argument("--lora-r", type=int, default=0, help="student LoRA rank (0: full fine-tuning)")
     g.add_argument("--lora-alpha", type=int, default=32)
@@ -283,9 +294,25 @@ def run_seqkd(args, seed, student, train_file, work):
 
 
 def run_gad(args, seed, student, disc, train_file, work):
-    warm, warm_loop, warm_steps, warm_hist = train(
-        "warmup", gad_config(args, seed, student, disc, train_file, work / "warmup", "warmup"), args.train_seconds
-    )
+    sft_loop = sft_steps = 0
+    sft_hist = []
+    if args.gad_warmup == "sft":
+        # Generator warmup: exactly SeqKD's trainer and settings (so, with the same seed, SeqKD's first steps).
+        from gad.config import SeqKDConfig
+
+        rows = sum(1 for line in Path(train_file).read_text().splitlines() if line.strip())
+        config = SeqKDConfig(
+            **common_config(args, seed, student, train_file, work / "gad-sft"),
+            per_device_train_batch_size=args.seqkd_batch, learning_rate=args.sft_lr,
+        )  # fmt: skip
+        config.max_steps = max(1, math.ceil(args.warmup_epochs * rows / args.seqkd_batch))
+        sft, sft_loop, sft_steps, sft_hist = train("seqkd", config, args.train_seconds)
+        student = sft / "student"
+    warm_config = gad_config(args, seed, student, disc, train_file, work / "warmup", "warmup")
+    if args.gad_warmup == "sft":  # discriminator warmup only: the student is frozen throughout
+        warm_config.max_steps = warm_config.d_only_steps = args.d_only_steps
+    warm, warm_loop, warm_steps, warm_hist = train("warmup", warm_config, max(args.train_seconds - sft_loop, 1e-3))
+    warm_loop += sft_loop
     remaining = max(args.train_seconds - warm_loop, 1e-3)  # at least one adversarial step
     out, loop, steps, history = train(
         "gad",
@@ -295,11 +322,12 @@ def run_gad(args, seed, student, disc, train_file, work):
     info = {
         "train_seconds": warm_loop + loop,
         "warmup_seconds": warm_loop,
+        "sft_warmup_steps": sft_steps,
         "warmup_steps": warm_steps,
         "gad_steps": steps,
         "d_acc_warmup": [h.get("d_acc") for h in warm_hist if "d_acc" in h],
         "d_acc_gad": [h.get("d_acc") for h in history if "d_acc" in h],
-        "history": _slim(warm_hist) + _slim(history),
+        "history": _slim(sft_hist) + _slim(warm_hist) + _slim(history),
     }
     return out / "student", out / "discriminator", info
 
@@ -605,6 +633,8 @@ def print_table(result):
     line("student before", ref["before"])
     for r in runs:
         steps = str(r["steps"]) if r["method"] == "seqkd" else f"{r['warmup_steps']}+{r['gad_steps']}"
+        if r.get("sft_warmup_steps"):
+            steps = f"{r['sft_warmup_steps']}+{steps}"
         d = r.get("d_acc_gad") or r.get("d_acc_warmup") or []
         dacc = f"{100 * statistics.mean(d[-3:]):.0f}" if d else ""
         dtest = f"{r['disc_test_acc']:.0f}" if "disc_test_acc" in r else ""

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 
+import pytest
 from conftest import REPO
 
 
@@ -16,7 +17,8 @@ def _load_benchmark():
     return module
 
 
-def test_persona_benchmark_runs_end_to_end(tmp_path):
+@pytest.mark.parametrize("gad_warmup", ["sft", "joint"])
+def test_persona_benchmark_runs_end_to_end(tmp_path, gad_warmup):
     train = tmp_path / "train.jsonl"
     with train.open("w") as handle:
         for i in range(6):
@@ -27,7 +29,7 @@ def test_persona_benchmark_runs_end_to_end(tmp_path):
         "--data-dir", str(tmp_path), "--train-set", "train", "--train-prompts", "6", "--test-prompts", "3",
         "--eval-samples", "2", "--max-new-tokens", "8", "--seeds", "0", "--train-seconds", "2",
         "--warmup-steps", "2", "--d-only-steps", "1", "--disc-layers", "2", "--lora-r", "0", "--c2st-splits", "2",
-        "--workdir", str(tmp_path / "work"), "--out", str(out),
+        "--gad-warmup", gad_warmup, "--workdir", str(tmp_path / "work"), "--out", str(out),
     ])  # fmt: skip
     saved = json.loads(out.read_text())
     for key in ("command", "wall_seconds", "teacher", "data", "config", "reference", "runs", "summary", "goals"):
@@ -38,6 +40,10 @@ def test_persona_benchmark_runs_end_to_end(tmp_path):
         assert 0 <= run["style_pass"] <= 100 and "rouge_l" in run and "words" in run
     gad = next(r for r in saved["runs"] if r["method"] == "gad")
     assert gad["d_acc_warmup"] and gad["gad_steps"] >= 1 and 0 <= gad["disc_test_acc"] <= 100
+    if gad_warmup == "sft":  # one SFT epoch of 6 answers at batch 8, then the discriminator-only step
+        assert gad["sft_warmup_steps"] == 1 and gad["warmup_steps"] == 1
+    else:
+        assert gad["sft_warmup_steps"] == 0 and gad["warmup_steps"] >= 1
     assert saved["summary"]["gad"]["seeds"] == 1 and "c2st_points_closer_to_50" in saved["goals"]
 
 

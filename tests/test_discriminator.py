@@ -106,8 +106,10 @@ def _pairs(nouns):
     return prompts, teacher, student
 
 
-def test_discriminator_separates_two_clear_styles_within_a_few_dozen_steps(tiny_model_dir):
+@pytest.mark.parametrize("top_layers", [None, 1])
+def test_discriminator_separates_two_clear_styles_within_a_few_dozen_steps(tiny_model_dir, top_layers):
     disc = Discriminator.from_pretrained(tiny_model_dir, seed=1)
+    disc.train_top_layers(top_layers)
     updater = DiscriminatorUpdater(disc, learning_rate=1e-3, max_grad_norm=1.0, batch_size=8)
     train_prompts, train_teacher, train_student = _pairs(NOUNS[:8])
     for _ in range(30):
