@@ -282,14 +282,18 @@ def gad_config(args, seed, student, disc, train_file, output_dir, stage):
     return GADConfig(**base, **extra, learning_rate=args.gad_lr, beta=args.beta)
 
 
-def run_seqkd(args, seed, student, train_file, work):
+def seqkd_config(args, seed, student, train_file, output_dir):
     from gad.config import SeqKDConfig
 
-    config = SeqKDConfig(
-        **common_config(args, seed, student, train_file, work / "seqkd"),
+    return SeqKDConfig(
+        **common_config(args, seed, student, train_file, output_dir),
         per_device_train_batch_size=args.seqkd_batch, learning_rate=args.sft_lr,
     )  # fmt: skip
-    out, loop, steps, history = train("seqkd", config, args.train_seconds)
+
+
+def run_seqkd(args, seed, student, train_file, work):
+    out, loop, steps, history = train("seqkd", seqkd_config(args, seed, student, train_file, work / "seqkd"),
+                                      args.train_seconds)  # fmt: skip
     return out / "student", {"train_seconds": loop, "steps": steps, "history": _slim(history)}
 
 
@@ -298,13 +302,8 @@ def run_gad(args, seed, student, disc, train_file, work):
     sft_hist = []
     if args.gad_warmup == "sft":
         # Generator warmup: exactly SeqKD's trainer and settings (so, with the same seed, SeqKD's first steps).
-        from gad.config import SeqKDConfig
-
         rows = sum(1 for line in Path(train_file).read_text().splitlines() if line.strip())
-        config = SeqKDConfig(
-            **common_config(args, seed, student, train_file, work / "gad-sft"),
-            per_device_train_batch_size=args.seqkd_batch, learning_rate=args.sft_lr,
-        )  # fmt: skip
+        config = seqkd_config(args, seed, student, train_file, work / "gad-sft")
         config.max_steps = max(1, math.ceil(args.warmup_epochs * rows / args.seqkd_batch))
         sft, sft_loop, sft_steps, sft_hist = train("seqkd", config, args.train_seconds)
         student = sft / "student"
@@ -513,7 +512,8 @@ def main(argv=None) -> dict:
         "benchmark": "persona",
         "command": shlex.join([".venv/bin/python", "benchmarks/persona.py", *(sys.argv[1:] if argv is None else argv)]),
         "wall_seconds": round(time.monotonic() - started, 1),
-        "scale": "CPU-scale run (2 shared cores): tiny data, 32-token answers, minutes of training; see notes",
+        "scale": f"CPU-scale run (2 cores): {len(train_prompts)} train prompts, {args.max_new_tokens}-token answers, "
+        f"{args.train_seconds:.0f} s of training per method; see notes",
         "teacher": {
             "model": args.model,
             "system_prompt": system,
