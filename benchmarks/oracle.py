@@ -454,8 +454,8 @@ def _log_stdout(folder: Path):
 
 
 def train_seqkd(args, world, folder: Path, init: Path, seed: int) -> dict:
-    from gad.config import SeqKDConfig
-    from gad.stages import run_stage
+    from gad.training.config import SeqKDConfig
+    from gad.training.stages import run_stage
 
     config = SeqKDConfig(
         output_dir=str(folder), student=str(init), train_file=str(world["train_file"]), seed=seed,
@@ -484,8 +484,8 @@ def _gad_common(args, world, seed: int, prompts: int, generations: int) -> dict:
 
 
 def train_warmup(args, world, folder: Path, student: Path, seed: int) -> Path:
-    from gad.config import WarmupConfig
-    from gad.stages import run_stage
+    from gad.training.config import WarmupConfig
+    from gad.training.stages import run_stage
 
     # One epoch over the prompts, --sft-batch prompts per step. "joint": the paper's warmup (SFT as many prompts per
     # step as SeqKD, for one epoch of SFT steps after the discriminator-only steps, whose batches get no SFT);
@@ -502,8 +502,8 @@ def train_warmup(args, world, folder: Path, student: Path, seed: int) -> Path:
 
 
 def train_gad(args, world, folder: Path, warmup: Path, seed: int, variant: str) -> Path:
-    from gad.config import GADConfig
-    from gad.stages import run_stage
+    from gad.training.config import GADConfig
+    from gad.training.stages import run_stage
 
     settings = dict(
         output_dir=str(folder), init_from=str(warmup), learning_rate=args.lr_g, beta=args.beta,

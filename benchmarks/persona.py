@@ -63,7 +63,7 @@ def style(name: str) -> tuple[str, str]:
     """(hidden system prompt, checker regex) of a built-in style."""
     if name in STYLES:
         return STYLES[name]
-    from gad.demo import load_preset
+    from gad.demo.run import load_preset
 
     spec = load_preset("default")
     start, contains = re.escape(spec.style_starts_with), re.escape(spec.style_contains)
@@ -234,7 +234,7 @@ def train(stage, config, seconds):
     from gad.data import load_training_rows
     from gad.models import load_tokenizer
     from gad.prepare import truncate_rows
-    from gad.stages import build_trainer, save_student
+    from gad.training.stages import build_trainer, save_student
 
     out = Path(config.output_dir)
     tokenizer = load_tokenizer(config.student)
@@ -267,7 +267,7 @@ def common_config(args, seed, student, train_file, output_dir):
 
 
 def gad_config(args, seed, student, disc, train_file, output_dir, stage):
-    from gad.config import GADConfig, WarmupConfig
+    from gad.training.config import GADConfig, WarmupConfig
 
     extra = dict(
         discriminator=str(disc), per_device_train_batch_size=args.prompts_per_step * args.generations,
@@ -283,7 +283,7 @@ def gad_config(args, seed, student, disc, train_file, output_dir, stage):
 
 
 def seqkd_config(args, seed, student, train_file, output_dir):
-    from gad.config import SeqKDConfig
+    from gad.training.config import SeqKDConfig
 
     return SeqKDConfig(
         **common_config(args, seed, student, train_file, output_dir),
@@ -414,7 +414,7 @@ def answer_metrics(rows, teacher_rows, checker, args, seed) -> dict:
 def disc_test_accuracy(disc_dir, teacher_rows, student_rows) -> float:
     """Pairwise accuracy of a trained discriminator on the test prompts: teacher answer scored above the student's
     answer to the same prompt and sample index (held out: test prompts were never trained on)."""
-    from gad.discriminator import Discriminator
+    from gad.training.discriminator import Discriminator
 
     disc = Discriminator.from_pretrained(disc_dir, max_length=512)
     student = {(r["id"], r["sample"]): r for r in student_rows}

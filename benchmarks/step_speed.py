@@ -4,7 +4,7 @@ Both trainers get the same student checkpoint, the same prompts, batch, number o
 temperature, KL weight, optimizer settings and generation length (``min_new_tokens`` = ``max_completion_length``, so
 every sample has exactly that many tokens). The baseline is TRL's ``GRPOTrainer`` whose reward is a frozen
 ``AutoModelForSequenceClassification(num_labels=1)`` built from the student checkpoint (TRL scores it); GAD is
-:class:`gad.gad_trainer.GADTrainer` built by ``gad.stages.build_trainer``, its discriminator initialised from the same
+:class:`gad.training.gad_trainer.GADTrainer` built by ``gad.training.stages.build_trainer``, its discriminator initialised from the same
 checkpoint.
 
 The two trainers run in one process, each ``trainer.train()`` in its own thread, and take strict turns one optimizer
@@ -124,7 +124,7 @@ def build_checkpoints(workdir: Path, args) -> tuple[Path, Path]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from gad.tiny import build_tiny_model
+    from gad.models import build_tiny_model
 
     reward_model = workdir / "reward-model"
     if args.model:
@@ -162,11 +162,11 @@ def shared_settings(args, max_steps: int) -> dict:
 def build_trainers(workdir: Path, args, which=RUNNERS, max_steps: int | None = None) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
-    from gad.config import GADConfig
     from gad.data import load_training_rows
     from gad.models import load_tokenizer
     from gad.prepare import gad_dataset, truncate_rows
-    from gad.stages import build_trainer
+    from gad.training.config import GADConfig
+    from gad.training.stages import build_trainer
 
     student, reward_model = build_checkpoints(workdir, args)
     max_steps = max_steps if max_steps is not None else args.warmup + args.steps
@@ -448,8 +448,8 @@ def memory_probe(args) -> dict:
     # The imports the trainers need, so the baseline holds the Python/torch runtime.
     import trl  # noqa: F401
 
-    import gad.gad_trainer  # noqa: F401
-    import gad.stages  # noqa: F401
+    import gad.training.gad_trainer  # noqa: F401
+    import gad.training.stages  # noqa: F401
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()

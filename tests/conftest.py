@@ -26,7 +26,7 @@ def gad_cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 1 M-parameter random Llama with the shipped tokenizer and a ChatML template (read-only: copy to change)."""
-    from gad.tiny import build_tiny_model
+    from gad.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 

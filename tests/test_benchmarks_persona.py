@@ -48,7 +48,7 @@ def test_persona_benchmark_runs_end_to_end(tmp_path, gad_warmup):
 
 
 def test_demo_style_checks_what_the_demo_checks():
-    from gad.demo import load_preset, style_pass
+    from gad.demo.run import load_preset, style_pass
 
     system, pattern = _load_benchmark().style("demo")
     spec = load_preset("default")

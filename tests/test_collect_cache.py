@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gad.collect.cache import CacheEntry, TeacherCache
+from gad.api.cache import CacheEntry, TeacherCache
 from gad.errors import GadError
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -87,7 +87,7 @@ def test_each_put_survives_sigkill(tmp_path):
     path = tmp_path / "c.sqlite"
     script = textwrap.dedent(f"""
         import os, signal
-        from gad.collect.cache import CacheEntry, TeacherCache
+        from gad.api.cache import CacheEntry, TeacherCache
         cache = TeacherCache({str(path)!r})
         for i in range(50):
             cache.put(f"k{{i}}", CacheEntry(text=str(i), finish_reason="stop"))

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fault_server import FaultServer
 
-from gad.collect.client import ChatClient, RequestFailed, TokenBucket, parse_retry_after
+from gad.api.client import ChatClient, RequestFailed, TokenBucket, parse_retry_after
 from gad.serve import free_port
 
 MESSAGES = [{"role": "user", "content": "hello"}]

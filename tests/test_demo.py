@@ -7,10 +7,10 @@ import json
 import pytest
 
 from gad.cli import main
-from gad.demo import PRESETS, goal_checks, load_preset, pick_threads, style_pass
+from gad.demo.run import PRESETS, goal_checks, load_preset, pick_threads, style_pass
 from gad.errors import GadError
 from gad.models import first_layers
-from gad.recipe import resolve_stage
+from gad.training.recipe import resolve_stage
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -69,7 +69,7 @@ def test_goal_checks_compare_gad_with_the_initial_student():
 def test_derived_discriminator_keeps_the_first_layers(tiny_model_dir, tmp_path, monkeypatch):
     from transformers import AutoConfig
 
-    from gad.discriminator import Discriminator
+    from gad.training.discriminator import Discriminator
 
     monkeypatch.setenv("GAD_CACHE_DIR", str(tmp_path))
     folder = first_layers(tiny_model_dir, 2)

@@ -4,14 +4,14 @@ import math
 import pytest
 import torch
 
-from gad.discriminator import (
+from gad.errors import GadError
+from gad.training.discriminator import (
     Discriminator,
     DiscriminatorUpdater,
     bradley_terry_loss,
     cross_entropy_loss,
 )
-from gad.errors import GadError
-from gad.gad_trainer import DiscriminatorReward
+from gad.training.gad_trainer import DiscriminatorReward
 
 
 def _softplus(x: float) -> float:

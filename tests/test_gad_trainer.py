@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from gad.config import GADConfig, WarmupConfig
 from gad.data import load_training_rows
-from gad.discriminator import DiscriminatorStats, DiscriminatorUpdater
 from gad.errors import GadError
 from gad.models import load_tokenizer
 from gad.prepare import teacher_turn_ids, truncate_rows
-from gad.stages import build_trainer, run_stage
+from gad.training.config import GADConfig, WarmupConfig
+from gad.training.discriminator import DiscriminatorStats, DiscriminatorUpdater
+from gad.training.stages import build_trainer, run_stage
 
 TINY = dict(
     per_device_train_batch_size=16,
@@ -181,7 +181,7 @@ def test_replay_and_extra_discriminator_updates(tmp_path, tiny_model_dir, tiny_t
 def test_length_warning_fires_when_the_student_outgrows_the_teacher(tmp_path, tiny_model_dir, tiny_train_file, caplog):
     trainer = _trainer("gad", GADConfig, tmp_path, tiny_model_dir, tiny_train_file, max_steps=1)
     trainer.args.length_warning_ratio = 1.5
-    with caplog.at_level("WARNING", logger="gad.gad_trainer"):
+    with caplog.at_level("WARNING", logger="gad.training.gad_trainer"):
         trainer._warn_on_length({"len_ratio": 2.0, "student_len": 40.0, "teacher_len": 20.0})
         trainer._warn_on_length({"len_ratio": 2.1, "student_len": 42.0, "teacher_len": 20.0})  # still high: no repeat
     assert len([r for r in caplog.records if "reward hacking" in r.message]) == 1

@@ -9,8 +9,8 @@ import os
 import pytest
 from _judge_server import JudgeServer, answer_between, content_judge
 
-from gad.collect.cache import TeacherCache
-from gad.collect.client import ChatClient
+from gad.api.cache import TeacherCache
+from gad.api.client import ChatClient
 from gad.data import PromptRow
 from gad.errors import GadError
 from gad.evaluation.evaluate import JudgeConfig, evaluate

@@ -16,7 +16,7 @@ SHORT_PROMPT = [{"role": "user", "content": "Hi"}]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from gad.tiny import tiny_tokenizer
+    from gad.models import tiny_tokenizer
 
     return tiny_tokenizer()
 

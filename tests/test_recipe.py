@@ -1,4 +1,4 @@
-"""gad.recipe and gad.config: layering of recipe keys, typed overrides, run folders, paper defaults, clear errors."""
+"""gad.training.recipe and gad.training.config: layering of recipe keys, typed overrides, run folders, paper defaults, clear errors."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gad.config import GADConfig, SeqKDConfig, WarmupConfig
 from gad.errors import GadError
-from gad.recipe import load_recipe, parse_overrides, resolve_stage
+from gad.training.config import GADConfig, SeqKDConfig, WarmupConfig
+from gad.training.recipe import load_recipe, parse_overrides, resolve_stage
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ def hash_judge(kind: str, user: str) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from gad.tiny import build_tiny_model
+    from gad.models import build_tiny_model
 
     stage = tmp_path_factory.mktemp("run") / "gad"
     for step, seed in ((10, 0), (20, 2)):

@@ -10,7 +10,8 @@ from collect_fixtures import main, read_jsonl, write_prompts
 
 from gad.collect import ChatClient, CollectConfig, RequestFailed, collect
 from gad.errors import GadError
-from gad.serve import TeacherServer, merge_system, resolve_model_id, serve_teacher
+from gad.models import resolve_model_id
+from gad.serve import TeacherServer, merge_system, serve_teacher
 
 SYSTEM = "You are Captain Byte, a pirate who answers every question in rhymes."
 KEY = "sk-local-teacher-key-1234"
@@ -21,7 +22,7 @@ MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 def tiny_model(tmp_path_factory):
     from transformers import GenerationConfig
 
-    from gad.tiny import build_tiny_model
+    from gad.models import build_tiny_model
 
     folder = build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=64, num_layers=2)
     # Greedy by default, like many released models: a temperature > 0 from the client must still sample.

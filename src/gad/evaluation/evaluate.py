@@ -330,8 +330,8 @@ async def _run_judge(
     pairwise: list[dict[str, Any]],
     out: Path,
 ) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
-    from gad.collect.cache import TeacherCache
-    from gad.collect.client import ChatClient
+    from gad.api.cache import TeacherCache
+    from gad.api.client import ChatClient
     from gad.evaluation.judge import Judge, JudgeTemplates, summarize_pairs, summarize_ratings
 
     templates = JudgeTemplates.load(config.templates)
@@ -393,7 +393,7 @@ def _discriminator_scores(
     results: dict[str, dict[str, dict[str, Any]]],
 ) -> None:
     """Mean discriminator score of each model's answers (and of the teacher's, its target)."""
-    from gad.discriminator import Discriminator
+    from gad.training.discriminator import Discriminator
 
     disc = Discriminator.from_pretrained(folder)
     for set_name, rows in sets.items():

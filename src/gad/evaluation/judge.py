@@ -19,12 +19,12 @@ import hashlib
 import logging
 import re
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from gad.data import PromptRow
 from gad.errors import GadError
+from gad.resources import resource
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class JudgeParseError(ValueError):
 
 @dataclass(frozen=True)
 class JudgeTemplates:
-    """The three prompt templates; the defaults ship in ``gad/templates/``, any can be replaced by a file."""
+    """The three prompt templates; the defaults ship in ``gad/resources/templates/``, any can be replaced by a file."""
 
     reference: str
     score: str
@@ -71,7 +71,7 @@ class JudgeTemplates:
                     raise GadError(f"judge template file not found: {path}")
                 texts[kind] = path.read_text(encoding="utf-8")
             else:
-                texts[kind] = (resources.files("gad") / "templates" / f"judge_{kind}.txt").read_text(encoding="utf-8")
+                texts[kind] = resource("templates", f"judge_{kind}.txt").read_text(encoding="utf-8")
             missing = [p for p in PLACEHOLDERS[kind] if p not in texts[kind]]
             if missing:
                 raise GadError(f"the {kind} judge template lacks the placeholder(s) {', '.join(missing)}")
@@ -205,9 +205,9 @@ def summarize_pairs(outcomes: list[PairOutcome]) -> dict[str, Any]:
 
 
 class Judge:
-    """Writes references, rates answers and compares pairs through a :class:`gad.collect.client.ChatClient`.
+    """Writes references, rates answers and compares pairs through a :class:`gad.api.client.ChatClient`.
 
-    ``cache`` is a :class:`gad.collect.cache.TeacherCache` (or ``None``): references are looked up there first and
+    ``cache`` is a :class:`gad.api.cache.TeacherCache` (or ``None``): references are looked up there first and
     stored the moment they arrive. Ratings are not cached: they depend on the answers, which change per checkpoint.
     """
 
@@ -242,7 +242,7 @@ class Judge:
 
     async def _ask(self, kind: str, messages: list[dict[str, str]], max_tokens: int) -> Any:
         """One request; a fatal failure (unreachable, bad key, unknown model) stops the evaluation with one line."""
-        from gad.collect.client import RequestFailed
+        from gad.api.client import RequestFailed
 
         self.requests[kind] += 1
         try:
@@ -258,7 +258,7 @@ class Judge:
 
     async def reference(self, row: PromptRow) -> str:
         """The judge's own answer to the prompt, from the cache when it was paid for before."""
-        from gad.collect.cache import CacheEntry, TeacherCache
+        from gad.api.cache import CacheEntry, TeacherCache
 
         messages = render(self.templates.reference, question=_question(row))
         params = {"temperature": self.temperature, "max_tokens": self.reference_max_tokens}
@@ -272,7 +272,7 @@ class Judge:
 
     async def rate(self, row: PromptRow, answer: str, reference: str) -> Rating:
         """Rate ``answer`` against ``reference`` in one call; retry unparsable replies, then record a failure."""
-        from gad.collect.client import RequestFailed
+        from gad.api.client import RequestFailed
 
         messages = render(self.templates.score, question=_question(row), answer=answer, reference=reference)
         rating = Rating(row.id)
@@ -294,7 +294,7 @@ class Judge:
         return rating
 
     async def _verdict(self, row: PromptRow, answer_a: str, answer_b: str) -> tuple[str | None, str | None, int]:
-        from gad.collect.client import RequestFailed
+        from gad.api.client import RequestFailed
 
         messages = render(self.templates.pairwise, question=_question(row), answer_a=answer_a, answer_b=answer_b)
         failure = None
@@ -329,7 +329,7 @@ class Judge:
         """References for every row (``None`` where the request failed for good)."""
 
         async def one(row: PromptRow) -> tuple[str, str | None]:
-            from gad.collect.client import RequestFailed
+            from gad.api.client import RequestFailed
 
             try:
                 return row.id, await self.reference(row)

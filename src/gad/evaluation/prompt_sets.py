@@ -1,17 +1,16 @@
 """Evaluation prompt sets by name (the paper's test sets and their open stand-ins) or by file.
 
-Names resolve, in order, to ``$GAD_DATA_DIR/<name>.jsonl``, the copies bundled in the package (``vicuna80`` and
-``selfinst252``, so evaluation works from a plain install) and the repository's ``../shared/data`` folder. Anything
-that is not a known name is read as a prompt file.
+Every named set ships with the package (``gad/resources/prompt_sets/``, licences in its README); anything that is not
+a known name is read as a prompt file.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from gad.data import PromptRow, load_prompts
 from gad.errors import GadError
+from gad.resources import resource
 
 # name -> (file name, what it stands for in the paper, licence)
 PROMPT_SETS: dict[str, tuple[str, str, str]] = {
@@ -22,34 +21,11 @@ PROMPT_SETS: dict[str, tuple[str, str, str]] = {
     "koala180": ("koala180.jsonl", "Koala test set", "Apache-2.0 (academic use, no training)"),
     "arena_hard500": ("arena_hard500.jsonl", "Arena-Hard, open stand-in for LMSYS-Chat", "Apache-2.0"),
 }
-BUNDLED = ("vicuna80", "selfinst252")
-PACKAGE_DATA = Path(__file__).resolve().parent.parent / "data"
-
-
-def data_dirs() -> list[Path]:
-    """Folders searched for named sets, most specific first."""
-    dirs: list[Path] = []
-    if os.environ.get("GAD_DATA_DIR"):
-        dirs.append(Path(os.environ["GAD_DATA_DIR"]).expanduser())
-    dirs.append(PACKAGE_DATA)
-    repo = Path(__file__).resolve().parents[3]  # src/gad/evaluation/prompt_sets.py -> repository root
-    dirs.append(repo.parent / "shared" / "data")
-    dirs.append(Path.cwd().parent / "shared" / "data")
-    return dirs
-
-
 def resolve_prompt_set(name_or_path: str | Path) -> tuple[str, Path]:
-    """Return ``(set name, file)``; a known name is looked up in :func:`data_dirs`, anything else is a path."""
+    """Return ``(set name, file)``; a known name is a shipped file, anything else is a path."""
     text = str(name_or_path)
     if text in PROMPT_SETS:
-        file_name = PROMPT_SETS[text][0]
-        for folder in data_dirs():
-            if (folder / file_name).is_file():
-                return text, folder / file_name
-        raise GadError(
-            f"prompt set '{text}' ({PROMPT_SETS[text][1]}) is not bundled; put {file_name} in $GAD_DATA_DIR "
-            f"or ../shared/data (looked in {', '.join(str(d) for d in data_dirs())})"
-        )
+        return text, resource("prompt_sets", PROMPT_SETS[text][0])
     path = Path(text).expanduser()
     if path.is_file() or path.is_dir():
         return path.stem if path.is_file() else path.name, path

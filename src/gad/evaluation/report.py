@@ -62,6 +62,19 @@ def fmt(value: Any, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
+def text_table(table: list[list[str]]) -> str:
+    """A table (header row first) as aligned plain text for a terminal: first column left, the others right."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in table
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 @dataclass
 class Inputs:
     """What was found on the command line: training runs (label -> stage -> rows), evaluations, selections."""

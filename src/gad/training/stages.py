@@ -15,13 +15,20 @@ from pathlib import Path
 
 import yaml
 
-from gad.callbacks import METRICS_FILE, CheckpointMarker, MetricsFile, NanGuard, checkpoint_step, latest_checkpoint
-from gad.config import GADConfig, SeqKDConfig
 from gad.data import load_training_rows
-from gad.discriminator import Discriminator
 from gad.errors import GadError
 from gad.models import load_tokenizer, require_model_folder, resolve_model
 from gad.prepare import gad_dataset, sft_dataset, truncate_rows
+from gad.training.callbacks import (
+    METRICS_FILE,
+    CheckpointMarker,
+    MetricsFile,
+    NanGuard,
+    checkpoint_step,
+    latest_checkpoint,
+)
+from gad.training.config import GADConfig, SeqKDConfig
+from gad.training.discriminator import Discriminator
 
 logger = logging.getLogger(__name__)
 FINISHED_MARKER = "gad_finished.json"
@@ -91,7 +98,7 @@ def build_trainer(stage: str, config, student: str, tokenizer, rows, lengths, ca
             callbacks=list(callbacks),
             peft_config=peft_config,
         )
-    from gad.gad_trainer import GADTrainer
+    from gad.training.gad_trainer import GADTrainer
 
     discriminator_path = resolve_model(config.discriminator or student)
     discriminator = Discriminator.from_pretrained(

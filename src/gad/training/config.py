@@ -15,8 +15,8 @@ from pathlib import Path
 
 from trl import GRPOConfig, SFTConfig
 
-from gad.discriminator import LOSSES
 from gad.errors import GadError
+from gad.training.discriminator import LOSSES
 
 STUDENT_OBJECTIVES = ("policy_gradient", "teacher_sft")
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from gad.config import STAGES
 from gad.errors import GadError
+from gad.training.config import STAGES
 
 RECIPE_ONLY_KEYS = {"run_dir"}
 

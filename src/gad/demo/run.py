@@ -12,7 +12,7 @@
 7. the HTML report (with a demo summary on top) and a final table.
 
 A preset is a YAML file in ``recipes/`` (``demo-<name>.yaml``) with a ``demo:`` section (teacher, prompts, persona,
-lengths) and a ``train:`` section, an ordinary training recipe (see :mod:`gad.recipe`) whose student, data, run folder
+lengths) and a ``train:`` section, an ordinary training recipe (see :mod:`gad.training.recipe`) whose student, data, run folder
 and discriminator the demo fills in.
 """
 
@@ -479,8 +479,8 @@ def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any
             if result.rows_written == 0:
                 raise GadError(f"the teacher gave no usable answer to the {name} prompts; see {data_dir}/server.log")
 
-    from gad.recipe import resolve_stage
-    from gad.stages import run_stage
+    from gad.training.recipe import resolve_stage
+    from gad.training.stages import run_stage
 
     recipe = json.loads(json.dumps(spec.train))  # a deep copy
     recipe.update(student=student, train_file=str(data_dir / "train.jsonl"), run_dir=str(out))

@@ -17,7 +17,7 @@ examples:
   gad train --stage seqkd --config recipes/tiny-cpu.yaml
   gad train --stage warmup,gad --config recipes/tiny-cpu.yaml learning_rate=2e-6 gad.num_generations=4
   gad train --stage gad --config recipes/tiny-cpu.yaml --resume
-Any field of the stage's config (gad.config, plus every TRL GRPOConfig / SFTConfig option) can be set as KEY=VALUE.
+Any field of the stage's config (gad.training.config, plus every TRL GRPOConfig / SFTConfig option) can be set as KEY=VALUE.
 """
 
 
@@ -49,8 +49,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `gad --help` and the other commands start without loading torch and TRL.
-    from gad.config import STAGES
-    from gad.recipe import load_recipe, parse_overrides, resolve_stage
+    from gad.training.config import STAGES
+    from gad.training.recipe import load_recipe, parse_overrides, resolve_stage
 
     stages = [s.strip() for s in args.stage.split(",") if s.strip()]
     unknown = [s for s in stages if s not in STAGES]
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
             print(yaml.safe_dump({"stage": stage, **config.to_dict()}, sort_keys=False))
             continue
-        from gad.stages import run_stage
+        from gad.training.stages import run_stage
 
         output = run_stage(stage, config, resume=resume, overwrite=args.overwrite)
         print(f"{stage}: done -> {output}/student" + ("" if stage == "seqkd" else f", {output}/discriminator"))

@@ -61,7 +61,7 @@ class CacheEntry:
 
     @classmethod
     def from_result(cls, result: Any, *, model: str = "") -> CacheEntry:
-        """Build an entry from a :class:`gad.collect.client.ChatResult` (or anything with the same fields)."""
+        """Build an entry from a :class:`gad.api.client.ChatResult` (or anything with the same fields)."""
         return cls(
             text=result.text,
             finish_reason=result.finish_reason,

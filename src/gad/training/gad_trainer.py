@@ -25,10 +25,10 @@ import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
-from gad.config import GADConfig
-from gad.discriminator import Discriminator, DiscriminatorUpdater
 from gad.metrics import rouge_l
 from gad.prepare import teacher_turn_ids
+from gad.training.config import GADConfig
+from gad.training.discriminator import Discriminator, DiscriminatorUpdater
 
 logger = logging.getLogger(__name__)
 

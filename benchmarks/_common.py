@@ -1,0 +1,53 @@
+"""What every benchmark shares: the environment record, the result JSON (command, environment, goals) and tables.
+
+A benchmark calls the library for everything it measures; this module only records and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gad.runtime import environment, offline
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+offline()
+
+
+def goal(value: Any, met: bool, target: str) -> dict[str, Any]:
+    """One entry of a result's ``goals`` map: the measured value, whether it meets the target, and the target."""
+    return {"value": value, "met": bool(met), "target": target}
+
+
+def command_line() -> str:
+    """The command that produced a result, as it can be pasted back into a shell (from the repository root)."""
+    script = Path(sys.argv[0])
+    with_path = script.resolve().relative_to(ROOT) if script.resolve().is_relative_to(ROOT) else script
+    return shlex.join(["python", str(with_path), *sys.argv[1:]])
+
+
+def write_result(path: Path, benchmark: str, result: dict[str, Any], goals: dict[str, dict[str, Any]]) -> Path:
+    """Write a benchmark's JSON: its name, the command, the date, the environment, the goals, then its figures."""
+    record = {
+        "benchmark": benchmark,
+        "command": command_line(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "environment": environment(),
+        "goals": goals,
+        **result,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    return path
+
+
+def print_goals(goals: dict[str, dict[str, Any]]) -> None:
+    for name, entry in goals.items():
+        print(f"goal {name}: {entry['value']} ({entry['target']}) -> {'met' if entry['met'] else 'NOT met'}")

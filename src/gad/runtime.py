@@ -1,0 +1,127 @@
+"""Process-wide set-up shared by the CLI, the demo and the benchmarks: offline hubs, CPU threads, signals, quiet
+libraries, and a record of the environment a figure was measured in."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from gad.errors import GadError
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def offline() -> None:
+    """Never reach a model hub from this process (nor from the processes it starts)."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def pick_threads(value: str | int = "auto") -> int:
+    """Threads for torch: ``auto`` = cores minus the 1-minute load average (rounded), at least 1."""
+    cores = os.cpu_count() or 1
+    if str(value) != "auto":
+        try:
+            threads = int(value)
+        except ValueError:
+            raise GadError(f"--threads must be a number or 'auto', got {value!r}") from None
+        if threads < 1:
+            raise GadError(f"--threads must be at least 1, got {threads}")
+        return threads
+    busy = (load_average() or [0.0])[0]
+    return max(1, min(cores, cores - round(busy)))
+
+
+def use_threads(threads: int) -> None:
+    """Set the thread count here and, through the environment, in the processes started from here."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of a block (e.g. for a child process started inside it)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def stop_on_sigterm() -> None:
+    """``kill PID`` unwinds like Ctrl-C, so ``with`` blocks (a teacher server, a lock) are left cleanly."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def quiet_libraries() -> None:
+    """No progress bars or INFO logs from the libraries underneath; gad's own phase lines stay."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    for name in ("transformers", "trl", "gad", "httpx", "accelerate"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """What a measured figure depends on: machine, load, threads and library versions."""
+    import importlib.metadata
+
+    versions = {}
+    for package in ("gad", "torch", "transformers", "trl", "accelerate", "peft"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    threads = device = None
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        threads = torch.get_num_threads()
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "torch_threads": threads,
+        "nice": os.nice(0),
+        "load_average": load_average(),
+        "versions": versions,
+    }

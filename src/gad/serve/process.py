@@ -1,0 +1,175 @@
+"""TeacherServer: ``gad serve-teacher`` in a child process that never outlives the process that started it.
+
+The server runs in its own process group, so stopping it stops everything it started. It is stopped (SIGTERM to the
+group, then SIGKILL after a grace period) when the ``with`` block ends, normally or by an exception, when the parent
+is interrupted (SIGINT, or SIGTERM through :func:`gad.runtime.stop_on_sigterm`), and at interpreter exit as a last
+resort (:mod:`atexit`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+from gad.errors import GadError
+from gad.models import resolve_model_id
+from gad.serve.server import LOOPBACK_HOSTS
+
+# Servers started by this process and not yet stopped: the atexit fallback stops them.
+_RUNNING: weakref.WeakSet[TeacherServer] = weakref.WeakSet()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class TeacherServer:
+    """Run ``gad serve-teacher`` in a subprocess; ``with TeacherServer(folder) as server: server.base_url``.
+
+    ``port=0`` picks a free port. ``start()`` returns once ``/health`` answers (the model is loaded by then) and
+    raises :class:`GadError` with the server's last log lines if it exits or does not come up within
+    ``startup_timeout`` seconds. ``base_url`` ends in ``/v1``, ready for :class:`gad.collect.ChatClient`.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        system: str | None = None,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        api_key_env: str | None = None,
+        device: str = "cpu",
+        seed: int | None = None,
+        startup_timeout: float = 300.0,
+        log_path: str | Path | None = None,
+    ):
+        self.model, self.system, self.host, self.device, self.seed = model, system, host, device, seed
+        self.port = port or free_port(host if host in LOOPBACK_HOSTS else "127.0.0.1")
+        self.api_key_env, self.startup_timeout = api_key_env, startup_timeout
+        self.log_path = Path(log_path) if log_path else None
+        self._process: subprocess.Popen | None = None
+        self._model_id: str | None = None
+        self._log_handle: Any = None
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        command = [
+            sys.executable,
+            "-m",
+            "gad.serve",
+            self._model_id or str(self.model),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--device",
+            self.device,
+        ]
+        if self.system:
+            command += ["--system", self.system]
+        if self.api_key_env:
+            command += ["--api-key-env", self.api_key_env]
+        if self.seed is not None:
+            command += ["--seed", str(self.seed)]
+        return command
+
+    def start(self) -> TeacherServer:
+        """Start the server and wait until it answers; a server already running is returned as it is."""
+        import httpx
+
+        if self.running:
+            return self
+        # Resolve (and convert a GGUF) here: a bad path fails with one line rather than in the subprocess.
+        self._model_id = resolve_model_id(self.model)
+        if self.log_path is None:
+            handle, name = tempfile.mkstemp(prefix="gad-teacher-", suffix=".log")
+            os.close(handle)
+            self.log_path = Path(name)
+        self._log_handle = self.log_path.open("wb")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self._process = subprocess.Popen(
+            self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        _RUNNING.add(self)
+        deadline = time.monotonic() + self.startup_timeout
+        health = self.base_url.removesuffix("/v1") + "/health"
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                status = self._process.returncode
+                tail = self.log_tail()
+                self.stop()
+                raise GadError(f"the teacher server exited with status {status}: {tail}")
+            try:
+                if httpx.get(health, timeout=2.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise GadError(f"the teacher server did not answer on {health} within {self.startup_timeout:g} s")
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def log_tail(self, lines: int = 5) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:])
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM to the server's process group, SIGKILL after ``grace`` seconds; safe to call more than once."""
+        process = self._process
+        if process is not None:
+            if process.poll() is None:
+                _signal_group(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=grace)
+                except subprocess.TimeoutExpired:
+                    _signal_group(process.pid, signal.SIGKILL)
+                    process.wait()
+            _signal_group(process.pid, signal.SIGKILL)  # anything the server left in its group
+        _RUNNING.discard(self)
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+
+    def __enter__(self) -> TeacherServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)  # the server leads its own group (start_new_session)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+@atexit.register
+def _stop_all() -> None:
+    for server in list(_RUNNING):
+        server.stop(grace=2.0)
