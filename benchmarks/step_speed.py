@@ -4,8 +4,8 @@ Both trainers get the same student checkpoint, the same prompts, batch, number o
 temperature, KL weight, optimizer settings and generation length (``min_new_tokens`` = ``max_completion_length``, so
 every sample has exactly that many tokens). The baseline is TRL's ``GRPOTrainer`` whose reward is a frozen
 ``AutoModelForSequenceClassification(num_labels=1)`` built from the student checkpoint (TRL scores it); GAD is
-:class:`gad.training.gad_trainer.GADTrainer` built by ``gad.training.stages.build_trainer``, its discriminator initialised from the same
-checkpoint.
+:class:`gad.training.gad_trainer.GADTrainer` built by ``gad.training.stages.build_trainer``, its discriminator
+initialised from the same checkpoint.
 
 The two trainers run in one process, each ``trainer.train()`` in its own thread, and take strict turns one optimizer
 step at a time (GAD, GRPO, GAD, ...): a baton is taken before a step's batch is fetched and handed over before the

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from gad.cli import main
-from gad.demo.run import PRESETS, goal_checks, load_preset, pick_threads, style_pass
+from gad.demo.presets import PRESETS, load_preset
+from gad.demo.summary import goal_checks
 from gad.errors import GadError
+from gad.metrics import style_pass
 from gad.models import first_layers
+from gad.runtime import pick_threads
 from gad.training.recipe import resolve_stage
 
 
@@ -114,3 +118,17 @@ def test_tiny_demo_runs_the_whole_pipeline_through_the_real_interfaces(tmp_path,
     report = (out / "report.html").read_text()
     assert "Demo summary" in report and "persona %" in report and "Training curves" in report
     assert "Demo summary" in (out / "report.md").read_text()
+    assert not serve_processes(), "a teacher server outlived the demo"
+
+
+def serve_processes() -> list[str]:
+    """Command lines of running `gad.serve` processes (the teacher server)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "gad.serve" in cmdline and proc.name.isdigit():
+            found.append(cmdline)
+    return found

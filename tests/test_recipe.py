@@ -1,4 +1,5 @@
-"""gad.training.recipe and gad.training.config: layering of recipe keys, typed overrides, run folders, paper defaults, clear errors."""
+"""gad.training.recipe and gad.training.config: layering of recipe keys, typed overrides, run folders, paper
+defaults, clear errors."""
 
 from __future__ import annotations
 

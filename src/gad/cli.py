@@ -14,6 +14,7 @@ import sys
 import warnings
 
 from gad.errors import GadError
+from gad.runtime import stop_on_sigterm
 
 # Pipeline order: collect -> train -> generate/eval -> report; demo runs them all.
 COMMAND_MODULES = (
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    stop_on_sigterm()  # `kill` unwinds like Ctrl-C: teacher servers and other children are stopped on the way out
     try:
         return int(args.run(args) or 0)
     except GadError as error:

@@ -114,3 +114,8 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+
+def answers_file(eval_dir: str | Path, model: str, set_name: str) -> Path:
+    """Where `gad eval` writes one model's answers to one prompt set."""
+    return Path(eval_dir) / "answers" / model / f"{set_name}.jsonl"

@@ -82,3 +82,11 @@ def distinct_n(texts: list[str] | str, n: int) -> float:
 def word_count(text: str) -> int:
     """Number of whitespace-separated words (the human notion of length, independent of any tokenizer)."""
     return len(text.split())
+
+
+def style_pass(text: str, starts_with: str | None = None, contains: str | None = None) -> bool:
+    """Does an answer follow a persona's format? Case-insensitive; both parts must hold when both are set."""
+    lowered = text.strip().lower()
+    if starts_with and not lowered.startswith(starts_with.lower()):
+        return False
+    return not contains or contains.lower() in lowered

@@ -204,6 +204,28 @@ class Table:
     note: str = ""
 
 
+@dataclass
+class Section:
+    """A section a caller puts at the top of the report (the demo's summary): paragraphs, tables, a bullet list."""
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+
+    def html(self) -> str:
+        parts = [f"<h2>{html.escape(self.title)}</h2>", *(f"<p>{html.escape(p)}</p>" for p in self.paragraphs)]
+        parts += [_html_table(table) for table in self.tables]
+        if self.items:
+            parts.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in self.items) + "</ul>")
+        return "".join(parts)
+
+    def markdown(self) -> str:
+        parts = [f"## {self.title}\n", *(f"{p}\n" for p in self.paragraphs), *(_md_table(t) for t in self.tables)]
+        parts += [f"- {item}" for item in self.items]
+        return "\n".join(parts) + "\n"
+
+
 def eval_tables(data: dict[str, Any]) -> list[Table]:
     """The tables of one ``eval.json``: judge score (Table 2 shape), lengths, judge-free metrics, pairwise."""
     tables: list[Table] = []
@@ -363,8 +385,10 @@ def build_report(
     title: str = "GAD report",
     examples_per_set: int = 3,
     max_answer_chars: int = 1500,
+    summary: Section | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``out`` (HTML, self-contained) and its Markdown twin (``.md``, PNGs in ``<stem>_files/``)."""
+    """Write ``out`` (HTML, self-contained) and its Markdown twin (``.md``, PNGs in ``<stem>_files/``); ``summary``
+    goes first, under the title."""
     inputs = collect_inputs(paths)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -373,6 +397,9 @@ def build_report(
     html_parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"]
     html_parts.append(f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>")
     md_parts = [f"# {title}\n"]
+    if summary is not None:
+        html_parts.append(summary.html())
+        md_parts.append(summary.markdown())
 
     plots = plot_curves(inputs.runs)
     if plots:

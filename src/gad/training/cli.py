@@ -17,7 +17,8 @@ examples:
   gad train --stage seqkd --config recipes/tiny-cpu.yaml
   gad train --stage warmup,gad --config recipes/tiny-cpu.yaml learning_rate=2e-6 gad.num_generations=4
   gad train --stage gad --config recipes/tiny-cpu.yaml --resume
-Any field of the stage's config (gad.training.config, plus every TRL GRPOConfig / SFTConfig option) can be set as KEY=VALUE.
+Any field of the stage's config (gad.training.config, plus every TRL GRPOConfig / SFTConfig option) can be set
+as KEY=VALUE.
 """
 
 

@@ -67,6 +67,13 @@ class _StudentData:
     lora_target_modules: list[str] | str = field(
         default="all-linear", metadata=_help("Modules that get LoRA adapters, or 'all-linear'.")
     )
+    recipe_paths: dict[str, str] | None = field(
+        default=None,
+        metadata=_help(
+            "Set by the recipe loader: for each relative path of the recipe, whether it was found in the recipe's "
+            "folder or taken relative to the working directory."
+        ),
+    )
 
 
 def _validate_common(config) -> None:

@@ -4,7 +4,9 @@ A recipe's top-level keys apply to every stage that has them; a section named af
 ``gad:``) overrides them for that stage; ``key=value`` arguments on the command line override both (``key=value``
 applies to the stage being run, ``gad.key=value`` only to that stage). ``run_dir`` names the run: each stage writes to
 ``RUN_DIR/STAGE`` unless ``output_dir`` is set, and the ``gad`` stage starts from ``RUN_DIR/warmup`` unless
-``init_from`` (or ``student``) is set. A relative path in a recipe is relative to the working directory.
+``init_from`` (or ``student``) is set. A relative path in a recipe resolves against the recipe's folder when it exists
+there, else against the working directory (``recipe_paths`` in the stage's ``config.yaml`` records which); paths
+given on the command line are relative to the working directory.
 
 Every key is checked against the stage's config: an unknown key or a value of the wrong type stops with one line
 naming the file, the key and what is expected.
@@ -25,6 +27,20 @@ from gad.errors import GadError
 from gad.training.config import STAGES
 
 RECIPE_ONLY_KEYS = {"run_dir"}
+PATH_KEYS = ("student", "train_file", "discriminator", "init_from", "run_dir", "output_dir")
+RECIPE_FOLDER, WORKING_DIRECTORY = "recipe folder", "working directory"
+
+
+def resolve_relative(value: str | Path, folder: Path) -> tuple[str, str | None]:
+    """A relative path of a recipe in ``folder``: ``(folder/value, "recipe folder")`` when that exists, else
+    ``(value, "working directory")``; absolute paths and ``builtin:`` names come back unchanged, with None."""
+    text = str(value)
+    if text.startswith("builtin:") or Path(text).expanduser().is_absolute():
+        return text, None
+    candidate = folder / text
+    if candidate.exists():
+        return str(candidate.resolve()), RECIPE_FOLDER
+    return text, WORKING_DIRECTORY
 
 
 def load_recipe(path: str | Path | None) -> dict[str, Any]:
@@ -82,6 +98,14 @@ def resolve_stage(recipe: dict[str, Any], stage: str, overrides: dict[str, str] 
     for key, value in section.items():
         _check_known(key, names | RECIPE_ONLY_KEYS, where, f"stage '{stage}'")
         values[key] = value
+    recipe_paths = {}
+    if source and Path(source).is_file():
+        folder = Path(source).resolve().parent
+        for key in PATH_KEYS:
+            if isinstance(values.get(key), str):
+                values[key], base = resolve_relative(values[key], folder)
+                if base:
+                    recipe_paths[key] = base
     for key, value in (overrides or {}).items():
         prefix, dot, rest = key.partition(".")
         if dot:
@@ -105,6 +129,8 @@ def resolve_stage(recipe: dict[str, Any], stage: str, overrides: dict[str, str] 
     if "output_dir" not in values:
         raise GadError(f"{where}no output folder: set run_dir (or output_dir) in the recipe or on the command line")
     values = {k: v for k, v in values.items() if k in names}
+    if recipe_paths:
+        values["recipe_paths"] = recipe_paths
 
     hints = typing.get_type_hints(config_cls)
     typed = {k: _coerce(v, hints[k], k, where) for k, v in values.items()}
