@@ -464,8 +464,7 @@ def train_seqkd(args, world, folder: Path, init: Path, seed: int) -> dict:
         save_strategy="epoch", save_only_model=True, disable_tqdm=True, logging_steps=10,
     )  # fmt: skip
     with _log_stdout(folder):
-        run_stage("seqkd", config, overwrite=True)
-    checkpoints = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        checkpoints = run_stage("seqkd", config, overwrite=True).layout.checkpoints()
     epochs = [init, *checkpoints]  # epochs[e] is the student after e epochs
     val = [validation_nll(world, f) for f in epochs]
     best = min(range(1, len(epochs)), key=lambda e: val[e])
@@ -498,7 +497,7 @@ def train_warmup(args, world, folder: Path, student: Path, seed: int) -> Path:
         **_gad_common(args, world, seed, args.sft_batch, args.warmup_generations),
     )  # fmt: skip
     with _log_stdout(folder):
-        return run_stage("warmup", config, overwrite=True)
+        return run_stage("warmup", config, overwrite=True).output_dir
 
 
 def train_gad(args, world, folder: Path, warmup: Path, seed: int, variant: str) -> Path:
@@ -511,7 +510,7 @@ def train_gad(args, world, folder: Path, warmup: Path, seed: int, variant: str) 
     )  # fmt: skip
     config = GADConfig(**{**settings, **VARIANTS[variant]})
     with _log_stdout(folder):
-        return run_stage("gad", config, overwrite=True)
+        return run_stage("gad", config, overwrite=True).output_dir
 
 
 def run_seed(args, world, folder: Path, seed: int) -> dict:

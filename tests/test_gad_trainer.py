@@ -118,9 +118,11 @@ def test_checkpoints_hold_both_models_and_resume_gives_the_same_next_steps(tmp_p
         student=str(tiny_model_dir), train_file=str(tiny_train_file), d_only_steps=1, save_steps=2,
         learning_rate=3e-3, discriminator_learning_rate=1e-3, **{k: v for k, v in TINY.items() if k != "save_steps"},
     )  # fmt: skip
-    straight = run_stage("warmup", WarmupConfig(output_dir=str(tmp_path / "a"), max_steps=4, **common))
+    straight = run_stage("warmup", WarmupConfig(output_dir=str(tmp_path / "a"), max_steps=4, **common)).output_dir
     run_stage("warmup", WarmupConfig(output_dir=str(tmp_path / "b"), max_steps=2, **common))
-    resumed = run_stage("warmup", WarmupConfig(output_dir=str(tmp_path / "b"), max_steps=4, **common), resume=True)
+    resumed = run_stage(
+        "warmup", WarmupConfig(output_dir=str(tmp_path / "b"), max_steps=4, **common), resume=True
+    ).output_dir
 
     checkpoint = tmp_path / "b" / "checkpoint-2"
     assert (checkpoint / "discriminator" / "config.json").exists()
@@ -192,8 +194,11 @@ def test_lora_student_is_saved_as_merged_plain_weights(tmp_path, tiny_model_dir,
 
     common = dict(student=str(tiny_model_dir), train_file=str(tiny_train_file), lora_r=4, learning_rate=1e-2,
                   **{k: v for k, v in TINY.items()})  # fmt: skip
-    out = run_stage("warmup", WarmupConfig(output_dir=str(tmp_path / "warmup"), max_steps=2, d_only_steps=1, **common))
-    student = out / "student"
+    result = run_stage(
+        "warmup", WarmupConfig(output_dir=str(tmp_path / "warmup"), max_steps=2, d_only_steps=1, **common)
+    )
+    assert result.global_step == 2 and any("d_loss" in row for row in result.log_history)
+    student = result.layout.student
     assert (student / "config.json").exists() and not (student / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(student)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

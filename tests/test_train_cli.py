@@ -103,6 +103,7 @@ def test_bad_input_gives_one_clear_line_and_exit_code_2(tmp_path, capsys):
 
 
 def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
+    from gad.layout import StageLayout
     from gad.training.stages import _checkpoint_to_resume
 
     stage = tmp_path / "run" / "seqkd"
@@ -110,7 +111,7 @@ def test_an_existing_run_is_not_overwritten_by_accident(tmp_path, capsys):
     base = ["train", "--stage", "seqkd", "--config", str(RECIPE), f"run_dir={tmp_path / 'run'}"]
     assert "pass --resume to continue it, --overwrite" in _error_line(capsys, base)
     # --resume with only an incomplete checkpoint (killed while saving) starts the stage again
-    assert _checkpoint_to_resume(stage, True, overwrite=False) is None
+    assert _checkpoint_to_resume(StageLayout(stage), True, overwrite=False) is None
     assert not (stage / "checkpoint-2").exists()
 
 

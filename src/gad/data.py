@@ -2,12 +2,16 @@
 
 A prompt is normalised to a list of chat messages; a string becomes one user message. Every malformed row stops the
 load with a :class:`DataError` naming the file, the row and the field, unless ``skip_bad_rows`` is set, in which case
-the row is counted and described in the returned :class:`LoadReport`.
+the row is counted and described in the returned :class:`LoadReport`. A row longer than ``max_row_chars`` is such a
+bad row. Text files (JSONL, JSON, CSV) must be UTF-8, with or without a byte order mark (Excel's "CSV UTF-8").
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +26,12 @@ PROMPT_COLUMNS = ("content", "prompt", "messages", "instruction", "question")
 RESPONSE_COLUMNS = ("teacher_response", "response", "completion", "output", "answer")
 ROLES = ("system", "user", "assistant", "tool", "developer")
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# Row size limits in characters (for JSONL, of the line as written; otherwise of the row's text): far above any real
+# prompt, far below what exhausts a laptop's memory once tokenized. A training row holds a prompt and a teacher answer
+# (collect keeps answers of up to 1,000,000 characters), hence its larger limit. None means no limit.
+MAX_PROMPT_ROW_CHARS = 1_000_000
+MAX_TRAINING_ROW_CHARS = 8_000_000
+_CSV_FIELD_CEILING = 2**31 - 1  # the largest limit the csv module accepts on every platform
 
 Messages = list[dict[str, str]]
 
@@ -65,56 +75,122 @@ class TrainingRow:
     finished: bool = True
 
 
-def read_records(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def read_records(
+    path: str | Path, *, max_row_chars: int | None = MAX_TRAINING_ROW_CHARS
+) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(location, record)`` for every row of a data file; ``location`` is e.g. ``"line 3"`` or ``"row 3"``."""
-    for where, record in _records(path):
+    for where, record in _records(path, max_row_chars):
         if isinstance(record, DataError):
             raise record
         yield where, record
 
 
-def _records(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | DataError]]:
-    """Like :func:`read_records`, but a row that is not a JSON object is yielded as its :class:`DataError`."""
+def _records(path: str | Path, max_row_chars: int | None) -> Iterator[tuple[str, dict[str, Any] | DataError]]:
+    """Like :func:`read_records`, but a row that is not a JSON object, or too long, is yielded as its DataError."""
     path = Path(path)
     if not path.exists():
         raise GadError(f"data file not found: {path} (check the path, or run `gad collect` to create it)")
+    if path.suffix == ".jsonl" and not path.is_dir():
+        yield from _read_jsonl(path, max_row_chars)  # measured before parsing: a huge line is never held whole
+        return
+    for where, record in _parsed_records(path, max_row_chars):
+        yield where, _size_checked(record, max_row_chars, path, where)
+
+
+def _parsed_records(path: Path, max_row_chars: int | None) -> Iterator[tuple[str, dict[str, Any] | DataError]]:
     if path.is_dir():
         yield from _read_datasets_folder(path)
-    elif path.suffix == ".jsonl":
-        yield from _read_jsonl(path)
     elif path.suffix == ".json":
         yield from _read_json(path)
     elif path.suffix == ".parquet":
         yield from _read_parquet(path)
     elif path.suffix == ".csv":
-        yield from _read_csv(path)
+        yield from _read_csv(path, max_row_chars)
     else:
         raise GadError(
             f"{path}: unknown data format '{path.suffix}'; use one of {', '.join(SUFFIXES)} or a saved datasets folder"
         )
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                record = DataError(
-                    f"not valid JSON ({error.msg} at column {error.colno})", path=str(path), where=f"line {number}"
+@contextlib.contextmanager
+def _utf8(path: Path) -> Iterator[None]:
+    """Turn a decoding error while reading ``path`` into one DataError naming its line and byte.
+
+    It stops the load even with ``skip_bad_rows``: a file in another encoding is fixed by re-saving it, and skipping
+    the rows it garbles would silently drop exactly the non-ASCII (often non-English) prompts.
+    """
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _not_utf8(path: Path) -> DataError:
+    """The first byte of ``path`` that is not UTF-8, with its line (``\\n`` never occurs inside a UTF-8 character)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            bad = _bad_byte(raw)
+            if bad is not None:
+                return DataError(
+                    f"not UTF-8: byte 0x{bad:02x}{_utf16_hint(raw)}; re-save the file as UTF-8",
+                    path=str(path),
+                    where=f"line {number}",
                 )
-            if not isinstance(record, dict | DataError):
-                record = DataError(
-                    f"expected a JSON object, got {type(record).__name__}", path=str(path), where=f"line {number}"
-                )
-            yield f"line {number}", record
+    return DataError("not UTF-8; re-save the file as UTF-8", path=str(path))
+
+
+def _bad_byte(raw: bytes) -> int | None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return raw[error.start]
+    return None
+
+
+def _utf16_hint(raw: bytes) -> str:
+    # Windows' "Unicode" (PowerShell's `>`, Notepad's old default) is UTF-16: a byte order mark, or NULs in ASCII text.
+    utf16 = raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in raw
+    return " (the file looks like UTF-16)" if utf16 else ""
+
+
+def _read_jsonl(path: Path, max_row_chars: int | None) -> Iterator[tuple[str, dict[str, Any] | DataError]]:
+    size = -1 if max_row_chars is None else max_row_chars + 1
+    with _utf8(path), path.open(encoding="utf-8-sig") as handle:
+        for number in itertools.count(1):
+            line = handle.readline(size)
+            if not line:
+                return
+            where = f"line {number}"
+            if max_row_chars is not None and len(line.rstrip("\n")) > max_row_chars:
+                yield where, _too_long(path, where, max_row_chars, len(line) + _skip_line(handle, line))
+            elif line.strip():
+                yield where, _json_object(line, path, where)
+
+
+def _skip_line(handle: Any, start: str) -> int:
+    """Read past the rest of the line that began with ``start``; how many characters that was."""
+    skipped = 0
+    while start and not start.endswith("\n"):
+        start = handle.readline(1 << 16)
+        skipped += len(start)
+    return skipped
+
+
+def _json_object(line: str, path: Path, where: str) -> dict[str, Any] | DataError:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        return DataError(f"not valid JSON ({error.msg} at column {error.colno})", path=str(path), where=where)
+    if not isinstance(record, dict):
+        return DataError(f"expected a JSON object, got {type(record).__name__}", path=str(path), where=where)
+    return record
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
+        with _utf8(path):
+            text = path.read_text(encoding="utf-8-sig")
+        records = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"not valid JSON ({error.msg} at line {error.lineno})", path=str(path)) from None
     if not isinstance(records, list):
@@ -140,12 +216,29 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"row {number}", record
 
 
-def _read_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8", newline="") as handle:
+def _read_csv(path: Path, max_row_chars: int | None) -> Iterator[tuple[str, dict[str, Any] | DataError]]:
+    # The csv module's own field limit (128 Ki characters, process-wide) would reject long prompts before our row
+    # limit is even checked; it is only ever raised here.
+    limit = _CSV_FIELD_CEILING if max_row_chars is None else max_row_chars
+    csv.field_size_limit(max(csv.field_size_limit(), limit))
+    with _utf8(path), path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        for record in reader:
-            # DictReader's line_num is the line of the row's end; the header is line 1.
-            yield f"line {reader.line_num}", dict(record)
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                # DictReader's line_num is the line of the row's end; the header is line 1.
+                yield f"line {reader.line_num}", _csv_error(error, path, f"line {reader.line_num}", limit)
+            else:
+                yield f"line {reader.line_num}", dict(record)
+
+
+def _csv_error(error: csv.Error, path: Path, where: str, limit: int) -> DataError:
+    if "field limit" in str(error):
+        return _too_long(path, where, limit, None)
+    return DataError(f"not valid CSV ({error})", path=str(path), where=where)
 
 
 def _read_datasets_folder(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -161,6 +254,33 @@ def _read_datasets_folder(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         loaded = loaded["train"]
     for number, record in enumerate(loaded, start=1):
         yield f"row {number}", record
+
+
+def _size_checked(
+    record: dict[str, Any] | DataError, limit: int | None, path: Path, where: str
+) -> dict[str, Any] | DataError:
+    if limit is None or isinstance(record, DataError):
+        return record
+    size = _text_size(record)
+    return _too_long(path, where, limit, size) if size > limit else record
+
+
+def _text_size(value: Any) -> int:
+    """How many characters of text a record holds (its keys and strings; a few for every other value)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_text_size(key) + _text_size(item) for key, item in value.items())
+    if hasattr(value, "tolist"):  # numpy arrays from Parquet
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return sum(map(_text_size, value))
+    return 8
+
+
+def _too_long(path: Path, where: str, limit: int, size: int | None) -> DataError:
+    length = f"{size:,} characters" if size is not None else "longer"
+    return DataError(f"the row is {length}, over the limit of {limit:,} (max_row_chars)", path=str(path), where=where)
 
 
 def to_messages(value: Any, *, where: str, field_name: str) -> Messages:
@@ -213,11 +333,15 @@ def load_prompts(
     prompt_column: str | None = None,
     id_column: str = "id",
     skip_bad_rows: bool = False,
+    max_row_chars: int | None = MAX_PROMPT_ROW_CHARS,
 ) -> tuple[list[PromptRow], LoadReport]:
-    """Load a prompt file. Prompts come from ``prompt_column`` or the first of :data:`PROMPT_COLUMNS` present."""
+    """Load a prompt file. Prompts come from ``prompt_column`` or the first of :data:`PROMPT_COLUMNS` present.
+
+    A row longer than ``max_row_chars`` characters is a bad row (None: no limit).
+    """
     report = LoadReport(str(path))
     rows: list[PromptRow] = []
-    for where, record in _records(path):
+    for where, record in _records(path, max_row_chars):
         report.rows_read += 1
         try:
             if isinstance(record, DataError):
@@ -244,15 +368,17 @@ def load_training_rows(
     prompt_column: str | None = None,
     response_column: str | None = None,
     skip_bad_rows: bool = False,
+    max_row_chars: int | None = MAX_TRAINING_ROW_CHARS,
 ) -> tuple[list[TrainingRow], LoadReport]:
     """Load (prompt, teacher response) pairs.
 
     Columns default to the first present of :data:`PROMPT_COLUMNS` and :data:`RESPONSE_COLUMNS`; a ``messages``
-    column whose last message is the assistant's is split into prompt and response.
+    column whose last message is the assistant's is split into prompt and response. A row longer than
+    ``max_row_chars`` characters is a bad row (None: no limit).
     """
     report = LoadReport(str(path))
     rows: list[TrainingRow] = []
-    for where, record in _records(path):
+    for where, record in _records(path, max_row_chars):
         report.rows_read += 1
         try:
             if isinstance(record, DataError):

@@ -7,11 +7,13 @@ transient errors, and one documented exception (:class:`RequestFailed`) whose ``
 
 Usage::
 
-    async with ChatClient("http://127.0.0.1:8000/v1", api_key=os.environ.get("OPENAI_API_KEY"), concurrency=8) as c:
+    url = "http://127.0.0.1:8000/v1"
+    async with ChatClient(url, api_key=api_key_for(url, None), concurrency=8) as c:
         result = await c.complete([{"role": "user", "content": "Hi"}], model="gpt-4o", temperature=0, max_tokens=64)
         print(result.text, result.finish_reason, result.completion_tokens)
 
-The API key only ever goes into the ``Authorization`` header: it is not kept in results, errors or ``repr``.
+The API key only ever goes into the ``Authorization`` header: it is not kept in results, errors or ``repr``; and
+:func:`api_key_for` sends the default ``$OPENAI_API_KEY`` to https endpoints only.
 """
 
 from __future__ import annotations
@@ -20,21 +22,28 @@ import asyncio
 import email.utils
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+
+from gad.errors import GadError
 
 logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 
 # Reasons for which every later request would fail the same way: a collection stops instead of burning its prompts.
-FATAL_REASONS = frozenset({"auth", "forbidden", "not_found", "unreachable"})
+FATAL_REASONS = frozenset({"auth", "forbidden", "not_found", "unreachable", "not_json"})
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 CONTENT_FILTER_CODES = ("content_filter", "content_policy_violation", "content_policy", "safety")
+DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+# A web page or plain text instead of JSON twice in a row is the wrong URL (a UI, a login page), not a glitch.
+NOT_JSON_ATTEMPTS = 2
 
 
 class RequestFailed(Exception):
@@ -42,9 +51,10 @@ class RequestFailed(Exception):
 
     ``reason`` is a short code for summaries: ``auth`` (401), ``forbidden`` (403), ``not_found`` (404: wrong URL or
     model), ``bad_request`` (400/422), ``content_filter``, ``http_<status>`` (other 4xx), ``unreachable`` (could not
-    connect), or, when retries ran out, the last transient reason (``rate_limited``, ``http_5xx``, ``timeout``,
-    ``connection``, ``malformed``, ``no_choices``). ``transient`` is True for the latter: the same request may
-    succeed later. ``fatal`` says every other request would fail the same way.
+    connect), ``not_json`` (a 200 answer that is an HTML page or plain text, twice), or, when retries ran out, the
+    last transient reason (``rate_limited``, ``http_5xx``, ``timeout``, ``connection``, ``malformed``,
+    ``no_choices``). ``transient`` is True for the latter: the same request may succeed later. ``fatal`` says every
+    other request would fail the same way.
     """
 
     def __init__(
@@ -160,6 +170,30 @@ class TokenBucket:
         self._level = min(self.capacity, self._level + estimated - actual)
 
 
+def api_key_for(base_url: str, api_key_env: str | None) -> str | None:
+    """The API key to send to ``base_url``.
+
+    A variable named by the user (``--api-key-env``) must be set, and is sent wherever they point it. The default
+    ``$OPENAI_API_KEY`` goes to https endpoints only: on plain http (a local server, a proxy, a typo) anyone on the
+    path could read it, and such servers rarely need it.
+    """
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise GadError(f"environment variable {api_key_env} (named by --api-key-env) is not set or empty")
+        return key
+    key = os.environ.get(DEFAULT_KEY_ENV) or None
+    if key and urlsplit(base_url).scheme != "https":
+        logger.info(
+            "not sending $%s to %s: it is not https (pass --api-key-env %s to send it anyway)",
+            DEFAULT_KEY_ENV,
+            urlsplit(base_url).netloc.rpartition("@")[2],  # never credentials written into the URL
+            DEFAULT_KEY_ENV,
+        )
+        return None
+    return key
+
+
 def estimate_tokens(messages: Messages) -> int:
     """A rough prompt token count (4 characters a token plus per-message overhead), for TPM limits and dry runs."""
     return sum(len(m.get("content") or "") // 4 + 4 for m in messages) + 2
@@ -191,9 +225,11 @@ class ChatClient:
     """Sends chat requests with bounded concurrency, RPM/TPM limits, retries and a per-request timeout.
 
     ``base_url`` is the API root that ``/chat/completions`` is appended to (e.g. ``https://api.openai.com/v1``).
-    Retries: 429, 408, 5xx, timeouts, dropped connections, malformed bodies and answers without choices, up to
+    ``timeout`` bounds each attempt as a whole, from sending to the last byte of the answer.
+    Retries: 429, 408, 5xx, timeouts, dropped connections, cut-off JSON and answers without choices, up to
     ``max_retries`` extra attempts with exponential backoff (``backoff_base * 2**k``, half of it random jitter, at most
-    ``backoff_max``); a ``Retry-After`` from the server is honoured, and pauses every request of this client.
+    ``backoff_max``); a ``Retry-After`` from the server is honoured, and pauses every request of this client. A 200
+    answer that is not JSON at all (an HTML page, plain text) is retried once, then fails as ``not_json``.
     Use one client for a whole run so the limits are shared; it is an async context manager.
     """
 
@@ -269,6 +305,7 @@ class ChatClient:
         payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
         estimated = estimate_tokens(messages) + (max_tokens or 256)
         last: _Retry | None = None
+        not_json = 0
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.stats.retries += 1
@@ -278,14 +315,16 @@ class ChatClient:
             except _Retry as retry:
                 last = retry
                 self.stats.count_error(retry.reason)
+                not_json = not_json + 1 if retry.reason == "not_json" else 0
+                if not_json >= NOT_JSON_ATTEMPTS:
+                    break
                 logger.debug("attempt %d failed (%s: %s); retrying", attempt + 1, retry.reason, retry.detail)
             except RequestFailed as failed:
                 self.stats.count_error(failed.reason)
                 failed.attempts = attempt + 1
                 raise
         assert last is not None
-        reason = "unreachable" if last.reason == "connect" else last.reason
-        raise RequestFailed(reason, last.detail, status=last.status, transient=True, attempts=self.max_retries + 1)
+        raise _gave_up(last, attempt + 1)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
@@ -309,8 +348,10 @@ class ChatClient:
             self.stats.requests += 1
             started = time.monotonic()
             try:
-                response = await self._http.post(self.url, content=payload)
-            except httpx.TimeoutException as error:
+                # httpx's timeout applies to each read: a server trickling a byte a second would never trip it.
+                async with asyncio.timeout(self.timeout):
+                    response = await self._http.post(self.url, content=payload)
+            except (httpx.TimeoutException, TimeoutError) as error:
                 raise _Retry("timeout", f"no answer within {self.timeout:g} s ({type(error).__name__})") from None
             except httpx.ConnectError as error:
                 raise _Retry("connect", f"cannot connect to {self.url} ({error or type(error).__name__})") from None
@@ -341,7 +382,7 @@ class ChatClient:
         try:
             data = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise _Retry("malformed", f"the answer is not JSON: {response.text[:80]!r}") from None
+            raise _not_json(response) from None
         if not isinstance(data, dict):
             raise _Retry("malformed", "the answer is not a JSON object")
         choices = data.get("choices")
@@ -365,6 +406,23 @@ class ChatClient:
             model=str(data.get("model") or ""),
             attempts=attempt,
         )
+
+
+def _not_json(response: httpx.Response) -> _Retry:
+    """Why a 200 answer could not be parsed: JSON cut short is a glitch; a page or plain text is the wrong endpoint."""
+    start = response.content.lstrip()[:1]
+    if start in (b"", b"{", b"["):
+        return _Retry("malformed", f"the answer is not valid JSON: {response.text[:80]!r}")
+    kind = "HTML" if start == b"<" or "html" in response.headers.get("content-type", "") else "text"
+    began = " ".join(response.text.split())[:60]
+    return _Retry("not_json", f"the endpoint returned {kind}, not JSON: check --base-url (the answer began {began!r})")
+
+
+def _gave_up(last: _Retry, attempts: int) -> RequestFailed:
+    """The failure of a request whose attempts ended on ``last``; only a page instead of JSON is not transient."""
+    reason = "unreachable" if last.reason == "connect" else last.reason
+    transient = last.reason != "not_json"
+    return RequestFailed(reason, last.detail, status=last.status, transient=transient, attempts=attempts)
 
 
 def _int(value: Any) -> int:

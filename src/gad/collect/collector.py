@@ -28,6 +28,7 @@ from gad.api.cache import CacheEntry, TeacherCache
 from gad.api.client import ChatClient, RequestFailed, estimate_tokens
 from gad.data import PromptRow, load_prompts
 from gad.errors import GadError
+from gad.options import check_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -42,38 +43,74 @@ PERMANENT_REASONS = frozenset({"bad_request", "content_filter"})
 
 @dataclass
 class CollectConfig:
-    """Everything a collection run needs. ``api_key`` is used for requests only, never stored or printed."""
+    """Everything a collection run needs; ``gad collect`` options are generated from the fields (:mod:`gad.options`).
 
-    prompts: Path
-    out: Path
-    model: str
-    base_url: str
-    api_key: str | None = field(default=None, repr=False)
-    n: int = 1
-    concurrency: int = 8
-    rpm: float | None = None
-    tpm: float | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    system: str | None = None
-    cache: Path | None = None
-    timeout: float = 120.0
-    max_retries: int = 6
-    backoff_base: float = 0.5
-    price_in: float | None = None
-    price_out: float | None = None
-    dry_run: bool = False
-    prompt_column: str | None = None
-    id_column: str = "id"
-    skip_bad_rows: bool = False
-    drop_truncated: bool = True
-    drop_empty: bool = True
-    refusal_regex: str | None = DEFAULT_REFUSAL_REGEX
-    dedupe: bool = True
-    retry_failed: bool = False
-    progress: bool = True
+    ``api_key`` is used for requests only, never stored or printed. Building one validates it (:class:`GadError`).
+    """
+
+    prompts: Path = field(
+        metadata={
+            "help": "prompt file: JSONL, JSON, Parquet, CSV or a saved datasets folder; a prompt is a string or a "
+            "list of chat messages"
+        }
+    )
+    out: Path = field(metadata={"help": "output training file (.jsonl)"})
+    model: str = field(metadata={"help": "teacher model name, as the endpoint knows it"})
+    base_url: str = field(metadata={"help": "API root, e.g. https://api.openai.com/v1"})
+    api_key: str | None = field(
+        default=None, repr=False, metadata={"help": "the API key (the CLI reads it from --api-key-env)", "cli": False}
+    )
+    n: int = field(default=1, metadata={"help": "responses per prompt"})
+    concurrency: int = field(default=8, metadata={"help": "requests in flight at most"})
+    rpm: float | None = field(default=None, metadata={"help": "requests per minute at most"})
+    tpm: float | None = field(default=None, metadata={"help": "tokens per minute at most (estimated before sending)"})
+    temperature: float | None = field(default=None, metadata={"help": "sampling temperature (server default)"})
+    max_tokens: int | None = field(default=None, metadata={"help": "longest answer in tokens (server default)"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling (server default)"})
+    seed: int | None = field(default=None, metadata={"help": "sampling seed, for endpoints that honour it"})
+    system: str | None = field(default=None, metadata={"help": "system prompt added to prompts that have none"})
+    cache: Path | None = field(default=None, metadata={"help": "answer cache (default OUT.cache.sqlite)"})
+    timeout: float = field(default=120.0, metadata={"help": "seconds per request"})
+    max_retries: int = field(default=6, metadata={"help": "retries of a transient failure"})
+    backoff_base: float = field(default=0.5, metadata={"help": "first retry delay in seconds, doubled per retry"})
+    price_in: float | None = field(default=None, metadata={"help": "USD per million prompt tokens, for the cost"})
+    price_out: float | None = field(default=None, metadata={"help": "USD per million completion tokens"})
+    dry_run: bool = field(default=False, metadata={"help": "estimate tokens and cost; send nothing"})
+    prompt_column: str | None = field(default=None, metadata={"help": "column holding the prompt (default: auto)"})
+    id_column: str = field(default="id", metadata={"help": "column holding the prompt id"})
+    skip_bad_rows: bool = field(default=False, metadata={"help": "skip and count malformed rows instead of stopping"})
+    drop_truncated: bool = field(
+        default=True, metadata={"help": "drop answers cut by --max-tokens", "flag": "--keep-truncated", "invert": True}
+    )
+    drop_empty: bool = field(
+        default=True, metadata={"help": "drop empty answers", "flag": "--keep-empty", "invert": True}
+    )
+    refusal_regex: str | None = field(
+        default=DEFAULT_REFUSAL_REGEX,
+        metadata={"help": "drop answers matching this (case-insensitive) regex; '' keeps all", "metavar": "REGEX"},
+    )
+    dedupe: bool = field(
+        default=True,
+        metadata={"help": "de-duplicate identical prompts", "flag": "--keep-duplicates", "invert": True},
+    )
+    retry_failed: bool = field(
+        default=False,
+        metadata={"help": "ask again for prompts that failed for good (e.g. content filter) in an earlier run"},
+    )
+    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+    def __post_init__(self) -> None:
+        # Library callers pass strings too; the checks and the run need Path methods.
+        self.prompts, self.out = Path(self.prompts), Path(self.out)
+        self.cache = Path(self.cache) if self.cache is not None else None
+        self.refusal_regex = self.refusal_regex or None  # '' (keep all) and None mean the same
+        _validate(self)  # acollect() checks again, for a config changed after it was built
+        check_ranges(
+            self,
+            at_least_one=("max_tokens",),
+            non_negative=("max_retries", "backoff_base", "price_in", "price_out", "temperature"),
+            fraction=("top_p",),
+        )
 
     @property
     def cache_path(self) -> Path:

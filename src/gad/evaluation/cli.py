@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from dataclasses import asdict
 from pathlib import Path
 
 from gad.errors import GadError
+from gad.evaluation.evaluate import JUDGE_PREFIX, GenerationConfig, JudgeConfig
+from gad.evaluation.results import EVAL_FILE, EvalResults
+from gad.options import add_dataclass_arguments, dataclass_from_args
 
 log = logging.getLogger(__name__)
 
@@ -19,14 +24,7 @@ def register(subparsers) -> None:
 
 def _generation_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("generation (model folders)")
-    group.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call (default 8)")
-    group.add_argument(
-        "--max-new-tokens", type=int, default=512, help="answer length cap (default 512; the paper uses 1536)"
-    )
-    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the paper's setting (default)")
-    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when --temperature > 0")
-    group.add_argument("--seed", type=int, default=0, help="sampling seed")
-    group.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    add_dataclass_arguments(group, GenerationConfig)
     group.add_argument("--limit", type=int, default=None, help="use only the first N prompts of each set")
 
 
@@ -47,18 +45,8 @@ def _register_generate(subparsers) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from gad.evaluation.generate import generate_file
 
-    path = generate_file(
-        args.model,
-        args.prompts,
-        args.out,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        device=args.device,
-    )
+    generation = dataclass_from_args(GenerationConfig, args)
+    path = generate_file(args.model, args.prompts, args.out, limit=args.limit, **asdict(generation))
     print(f"wrote {path}")
     return 0
 
@@ -99,33 +87,16 @@ def _register_eval(subparsers) -> None:
     parser.add_argument("--pairwise", action="append", default=[], metavar="A:B", help="judge model A against B")
     parser.add_argument("--discriminator", type=Path, default=None, help="discriminator folder: report its scores")
     parser.add_argument("--tokenizer", type=Path, default=None, help="tokenizer for lengths of answer files")
-    judge = parser.add_argument_group("judge (any OpenAI-compatible endpoint)")
-    judge.add_argument("--judge-url", default=None, help="API root, e.g. https://api.openai.com/v1 (no judge if unset)")
-    judge.add_argument("--judge-model", default="gpt-4o", help="judge model name (default gpt-4o)")
+    judge = parser.add_argument_group(
+        "judge (any OpenAI-compatible endpoint)", "without --judge-url there is no judge: judge-free metrics only"
+    )
+    add_dataclass_arguments(judge, JudgeConfig, prefix=JUDGE_PREFIX, defaults={"base_url": None})
     judge.add_argument(
         "--judge-api-key-env",
         default="OPENAI_API_KEY",
+        metavar="VAR",
         help="environment variable holding the key (default %(default)s)",
     )
-    judge.add_argument(
-        "--judge-template",
-        action="append",
-        default=[],
-        metavar="[KIND=]FILE",
-        help="replace a prompt template: score=FILE, pairwise=FILE or reference=FILE (bare FILE = score)",
-    )
-    judge.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="SQLite answer cache for judge references; use the teacher's (`gad collect` OUT.cache.sqlite) to share "
-        "it (default: TEACHER.cache.sqlite when it exists, else OUT/judge-cache.sqlite)",
-    )
-    judge.add_argument("--judge-concurrency", type=int, default=8, help="requests in flight (default 8)")
-    judge.add_argument("--judge-rpm", type=float, default=None, help="requests per minute limit")
-    judge.add_argument("--judge-tpm", type=float, default=None, help="tokens per minute limit")
-    judge.add_argument("--judge-retries", type=int, default=2, help="re-asks of an unparsable rating (default 2)")
-    judge.add_argument("--judge-max-tokens", type=int, default=1024, help="rating reply length cap")
     select = parser.add_argument_group("checkpoint selection")
     select.add_argument("--select", type=Path, default=None, metavar="RUN_DIR", help="score RUN_DIR's checkpoints")
     select.add_argument(
@@ -138,50 +109,28 @@ def _register_eval(subparsers) -> None:
     parser.set_defaults(run=run_eval)
 
 
-def _judge_config(args: argparse.Namespace, out: Path):
-    import os
-
-    from gad.evaluation.evaluate import JudgeConfig
-
-    if not args.judge_url:
+def _judge_config(args: argparse.Namespace, out: Path) -> JudgeConfig | None:
+    if not args.judge_base_url:
         return None
-    templates: dict[str, str] = {}
-    for item in args.judge_template:
-        kind, sep, path = item.partition("=")
-        if not sep:
-            kind, path = "score", item
-        templates[kind] = path
-    cache = args.cache
+    cache = args.judge_cache
     if cache is None and args.teacher is not None and args.teacher.is_file():
         shared = args.teacher.with_name(args.teacher.name + ".cache.sqlite")
         cache = shared if shared.is_file() else None
-    return JudgeConfig(
-        base_url=args.judge_url,
-        model=args.judge_model,
+    return dataclass_from_args(
+        JudgeConfig,
+        args,
+        prefix=JUDGE_PREFIX,
         api_key=os.environ.get(args.judge_api_key_env),
         cache=cache or out / "judge-cache.sqlite",
-        templates=templates,
-        concurrency=args.judge_concurrency,
-        rpm=args.judge_rpm,
-        tpm=args.judge_tpm,
-        parse_retries=args.judge_retries,
-        max_tokens=args.judge_max_tokens,
     )
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from gad.evaluation.evaluate import GenerationConfig, evaluate
+    from gad.evaluation.evaluate import evaluate
     from gad.evaluation.selection import select_checkpoint
 
     sets = [s.strip() for item in (args.prompts or ["vicuna80"]) for s in item.split(",") if s.strip()]
-    generation = GenerationConfig(
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-        device=args.device,
-    )
+    generation = dataclass_from_args(GenerationConfig, args)
     if args.select is not None:
         out = args.out or args.select / "selection-eval"
         selection = select_checkpoint(
@@ -198,12 +147,12 @@ def run_eval(args: argparse.Namespace) -> int:
             out_dir=out,
             link=not args.no_link,
         )
-        for c in selection["candidates"]:
-            mark = "*" if c["name"] == selection["chosen"] else " "
+        for c in selection.candidates:
+            mark = "*" if c["name"] == selection.chosen else " "
             score = "–" if c["score"] is None else f"{c['score']:.3f}"
             ratio = "–" if c["len_ratio"] is None else f"{c['len_ratio']:.2f}"
             print(f"{mark} {c['name']:<24} {args.select_metric}={score} len_ratio={ratio} {c['reason']}")
-        print(f"chosen: {selection['chosen']} -> {selection['best'] or selection['chosen_path']}")
+        print(f"chosen: {selection.chosen} -> {selection.best or selection.chosen_path}")
         return 0
     if not args.model and args.teacher is None:
         raise GadError("pass --model (repeatable) or --teacher, or --select RUN_DIR")
@@ -228,23 +177,23 @@ def run_eval(args: argparse.Namespace) -> int:
         judge_teacher=not args.no_judge_teacher,
     )
     print(summary_text(report))
-    print(f"wrote {out / 'eval.json'}")
+    print(f"wrote {out / EVAL_FILE}")
     return 0
 
 
-def summary_text(report: dict) -> str:
+def summary_text(report: EvalResults) -> str:
     """A short console table: judge score (or ROUGE-L) and length ratio per model and set."""
-    key = "judge_score" if report.get("judge") else "rouge_l"
-    lines = [f"{'model':<20}" + "".join(f"{s:>22}" for s in report["sets"])]
-    for model in report["order"]:
+    key = "judge_score" if report.judge else "rouge_l"
+    lines = [f"{'model':<20}" + "".join(f"{s:>22}" for s in report.sets)]
+    for model in report.order:
         cells = []
-        for s in report["sets"]:
-            r = report["results"][model][s]
+        for s in report.sets:
+            r = report.results[model][s]
             value, ratio = r.get(key), r.get("len_ratio")
             text = ("–" if value is None else f"{value:.2f}") + (f" (x{ratio:.2f} len)" if ratio else "")
             cells.append(f"{text:>22}")
         lines.append(f"{model:<20}" + "".join(cells))
-    for p in report.get("pairwise", []):
+    for p in report.pairwise:
         lines.append(f"{p['first']} vs {p['second']} on {p['set']}: {p['win']}/{p['tie']}/{p['loss']} W/T/L")
     return f"{key} per model and set\n" + "\n".join(lines)
 
@@ -258,7 +207,7 @@ def _register_report(subparsers) -> None:
     )
     parser.add_argument("paths", nargs="+", type=Path, help="run folders, eval folders or eval.json files")
     parser.add_argument("--out", type=Path, default=None, help="HTML file (default FIRST_PATH/report.html)")
-    parser.add_argument("--title", default="GAD report")
+    parser.add_argument("--title", default="GAD report", help="page title (default %(default)s)")
     parser.add_argument("--examples", type=int, default=3, help="example prompts per set (default 3)")
     parser.set_defaults(run=run_report)
 

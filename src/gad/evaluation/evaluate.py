@@ -11,11 +11,10 @@ Layout of ``OUT``::
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from gad.data import PromptRow
 from gad.errors import GadError
 from gad.evaluation.generate import generate_answers, is_model_folder, read_answers, write_answers
 from gad.evaluation.prompt_sets import load_prompt_set, reference_answers
+from gad.evaluation.results import EVAL_FILE, EvalResults
+from gad.options import check_ranges, option_flag
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ TEACHER = "teacher"
 JUDGE_REFERENCE = "judge_reference"
 NGRAM_ORDERS = (1, 2, 3, 4)
 DISTINCT_ORDERS = (1, 2)
-EVAL_FILE = "eval.json"
+# Judge options on the command line are --judge-<field> (gad.options), and errors name them so.
+JUDGE_PREFIX = "judge-"
 
 
 @dataclass
@@ -62,34 +64,76 @@ class ModelSpec:
 
 @dataclass
 class JudgeConfig:
-    """Where the judge is and how to talk to it. ``api_key`` defaults to ``$OPENAI_API_KEY``."""
+    """Where the judge is and how to talk to it; ``gad eval``'s judge options are generated from the fields, with
+    :data:`JUDGE_PREFIX` (:mod:`gad.options`). ``api_key`` defaults to ``$OPENAI_API_KEY``."""
 
-    base_url: str
-    model: str
-    api_key: str | None = None
-    cache: str | Path | None = None
-    templates: dict[str, str | Path] = field(default_factory=dict)
-    concurrency: int = 8
-    rpm: float | None = None
-    tpm: float | None = None
-    timeout: float = 120.0
-    max_retries: int = 4
-    parse_retries: int = 2
-    temperature: float = 0.0
-    max_tokens: int = 1024
-    reference_max_tokens: int = 2048
+    base_url: str = field(
+        metadata={"help": "API root of the judge, e.g. https://api.openai.com/v1", "flag": "--judge-url"}
+    )
+    model: str = field(default="gpt-4o", metadata={"help": "judge model name"})
+    api_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={"help": "the API key (the CLI reads it from --judge-api-key-env)", "cli": False},
+    )
+    cache: str | Path | None = field(
+        default=None,
+        metadata={
+            "help": "SQLite answer cache for judge references; use the teacher's (`gad collect` OUT.cache.sqlite) to "
+            "share it (gad eval's default: TEACHER.cache.sqlite when it exists, else OUT/judge-cache.sqlite)",
+            "flag": "--cache",
+        },
+    )
+    templates: dict[str, str | Path] = field(
+        default_factory=dict,
+        metadata={
+            "help": "replace a prompt template: score=FILE, pairwise=FILE or reference=FILE (bare FILE = score)",
+            "flag": "--judge-template",
+            "metavar": "[KIND=]FILE",
+            "bare_key": "score",
+        },
+    )
+    concurrency: int = field(default=8, metadata={"help": "judge requests in flight at most"})
+    rpm: float | None = field(default=None, metadata={"help": "judge requests per minute at most"})
+    tpm: float | None = field(default=None, metadata={"help": "judge tokens per minute at most"})
+    timeout: float = field(default=120.0, metadata={"help": "seconds per judge request"})
+    max_retries: int = field(default=4, metadata={"help": "retries of a judge request that failed transiently"})
+    parse_retries: int = field(
+        default=2, metadata={"help": "re-asks of an unparsable rating", "flag": "--judge-retries"}
+    )
+    temperature: float = field(default=0.0, metadata={"help": "the judge's sampling temperature"})
+    max_tokens: int = field(default=1024, metadata={"help": "rating reply length cap, in tokens"})
+    reference_max_tokens: int = field(default=2048, metadata={"help": "judge reference answer length cap, in tokens"})
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            flag = option_flag(JudgeConfig, "base_url", JUDGE_PREFIX)
+            raise GadError(f"{flag} must start with http:// or https://, got {self.base_url!r}")
+        check_ranges(
+            self,
+            prefix=JUDGE_PREFIX,
+            at_least_one=("concurrency", "max_tokens", "reference_max_tokens"),
+            positive=("rpm", "tpm", "timeout"),
+            non_negative=("max_retries", "parse_retries", "temperature"),
+        )
 
 
 @dataclass
 class GenerationConfig:
-    """Decoding for model folders; the defaults follow the paper (greedy), with a shorter cap for speed."""
+    """Decoding for model folders; the defaults follow the paper (greedy), with a shorter cap for speed. The
+    generation options of ``gad generate`` and ``gad eval`` are generated from the fields (:mod:`gad.options`)."""
 
-    batch_size: int = 8
-    max_new_tokens: int = 512
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    device: str | None = None
+    batch_size: int = field(default=8, metadata={"help": "prompts per generate() call"})
+    max_new_tokens: int = field(default=512, metadata={"help": "answer length cap in new tokens; the paper uses 1536"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy, the paper's setting"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling when --temperature > 0"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    device: str | None = field(default=None, metadata={"help": "cuda, cpu, ... (default: cuda when available)"})
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, at_least_one=("batch_size", "max_new_tokens"), non_negative=("temperature",), fraction=("top_p",)
+        )
 
 
 def load_answers_for(spec: ModelSpec, set_name: str, rows: list[PromptRow]) -> dict[str, str]:
@@ -121,7 +165,7 @@ def evaluate(
     generation: GenerationConfig | None = None,
     judge_teacher: bool = True,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> EvalResults:
     """Evaluate models on prompt sets and write ``OUT/eval.json``; returns its content.
 
     ``teacher`` is an answer file or folder of the teacher's answers to the sets (``gad collect`` output): the
@@ -212,23 +256,22 @@ def evaluate(
     if discriminator is not None:
         _discriminator_scores(discriminator, sets, answers, evaluated, results)
 
-    report = {
-        "version": 1,
-        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "seconds": round(time.time() - started, 1),
-        "models": {
+    report = EvalResults(
+        created=time.strftime("%Y-%m-%d %H:%M:%S"),
+        seconds=round(time.time() - started, 1),
+        models={
             **{s.name: {"path": str(s.path), "kind": "model" if s.is_model else "answers"} for s in specs},
             **({TEACHER: {"path": str(teacher_spec.path), "kind": "teacher"}} if teacher_spec else {}),
         },
-        "order": evaluated,
-        "sets": set_info,
-        "judge": judge_info,
-        "generation": vars(generation),
-        "discriminator": str(discriminator) if discriminator else None,
-        "results": results,
-        "pairwise": pairwise,
-    }
-    (out / EVAL_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        order=evaluated,
+        sets=set_info,
+        judge=judge_info,
+        generation=asdict(generation),
+        discriminator=str(discriminator) if discriminator else None,
+        results=results,
+        pairwise=pairwise,
+    )
+    report.write(out / EVAL_FILE)
     return report
 
 

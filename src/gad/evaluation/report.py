@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gad.errors import GadError
+from gad.evaluation.results import EVAL_FILE, SELECTION_FILE, EvalResults, Selection
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ class Inputs:
     """What was found on the command line: training runs (label -> stage -> rows), evaluations, selections."""
 
     runs: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
-    evals: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
-    selections: list[tuple[Path, dict[str, Any]]] = field(default_factory=list)
+    evals: list[tuple[Path, EvalResults]] = field(default_factory=list)
+    selections: list[tuple[Path, Selection]] = field(default_factory=list)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -108,15 +109,15 @@ def collect_inputs(paths: list[str | Path]) -> Inputs:
     def add_eval(path: Path) -> None:
         if path.resolve() not in seen:
             seen.add(path.resolve())
-            found.evals.append((path, json.loads(path.read_text(encoding="utf-8"))))
+            found.evals.append((path, EvalResults.read(path)))
 
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise GadError(f"report input not found: {path}")
         if path.is_file():
-            if path.name == "selection.json":
-                found.selections.append((path, json.loads(path.read_text(encoding="utf-8"))))
+            if path.name == SELECTION_FILE:
+                found.selections.append((path, Selection.read(path)))
             elif path.suffix == ".json":
                 add_eval(path)
             elif path.name == "metrics.jsonl":
@@ -125,8 +126,8 @@ def collect_inputs(paths: list[str | Path]) -> Inputs:
                 raise GadError(f"{path}: expected a run folder, an eval.json or a metrics.jsonl")
             continue
         used = False
-        if (path / "eval.json").is_file():
-            add_eval(path / "eval.json")
+        if (path / EVAL_FILE).is_file():
+            add_eval(path / EVAL_FILE)
             used = True
         if (path / "metrics.jsonl").is_file():  # a stage folder
             found.runs.setdefault(_label(path.parent), {})[path.name] = read_metrics(path / "metrics.jsonl")
@@ -136,12 +137,12 @@ def collect_inputs(paths: list[str | Path]) -> Inputs:
                 found.runs.setdefault(_label(path), {})[stage] = read_metrics(path / stage / "metrics.jsonl")
                 used = True
         for sub in ("eval", "selection-eval", *(f"{s}/selection-eval" for s in STAGES)):
-            if (path / sub / "eval.json").is_file():
-                add_eval(path / sub / "eval.json")
+            if (path / sub / EVAL_FILE).is_file():
+                add_eval(path / sub / EVAL_FILE)
                 used = True
-        for sel in [path / "selection.json", *(path / s / "selection.json" for s in STAGES)]:
+        for sel in [path / SELECTION_FILE, *(path / s / SELECTION_FILE for s in STAGES)]:
             if sel.is_file():
-                found.selections.append((sel, json.loads(sel.read_text(encoding="utf-8"))))
+                found.selections.append((sel, Selection.read(sel)))
                 used = True
         if not used:
             raise GadError(f"{path}: no metrics.jsonl, eval.json or selection.json found (is it a run folder?)")
@@ -226,13 +227,13 @@ class Section:
         return "\n".join(parts) + "\n"
 
 
-def eval_tables(data: dict[str, Any]) -> list[Table]:
+def eval_tables(data: EvalResults) -> list[Table]:
     """The tables of one ``eval.json``: judge score (Table 2 shape), lengths, judge-free metrics, pairwise."""
     tables: list[Table] = []
-    sets = list(data["sets"])
-    order = data.get("order") or list(data["results"])
-    results = data["results"]
-    if data.get("judge"):
+    sets = list(data.sets)
+    order = data.order
+    results = data.results
+    if data.judge:
         rows = []
         for model in order:
             cells, values = [model], []
@@ -247,7 +248,7 @@ def eval_tables(data: dict[str, Any]) -> list[Table]:
                     values.append(score)
             cells.append(fmt(sum(values) / len(values), 1) if len(values) == len(sets) else "–")
             rows.append(cells)
-        judge = data["judge"]
+        judge = data.judge
         tables.append(
             Table(
                 "Judge score (paper's Table 2 shape): model / (model + judge reference) × 100; 50 = parity",
@@ -264,16 +265,16 @@ def eval_tables(data: dict[str, Any]) -> list[Table]:
     for s in sets:
         present = [(k, label, d) for k, label, d in JUDGE_FREE_COLUMNS if any(k in results[m][s] for m in order)]
         rows = [[model, *(fmt(results[model][s].get(k), d) for k, _, d in present)] for model in order]
-        source = data["sets"][s].get("reference_source", "?")
+        source = data.sets[s].get("reference_source", "?")
         tables.append(
             Table(
-                f"Judge-free metrics on {s} (n = {data['sets'][s]['n']})",
+                f"Judge-free metrics on {s} (n = {data.sets[s]['n']})",
                 ["model", *(label for _, label, _ in present)],
                 rows,
                 f"overlap and 'ref' lengths against the {source} answers",
             )
         )
-    if data.get("pairwise"):
+    if data.pairwise:
         rows = [
             [
                 f"{p['first']} vs {p['second']}",
@@ -286,7 +287,7 @@ def eval_tables(data: dict[str, Any]) -> list[Table]:
                 str(p["failures"]),
                 str(p["consistent"]),
             ]
-            for p in data["pairwise"]
+            for p in data.pairwise
         ]
         tables.append(
             Table(
@@ -305,27 +306,27 @@ def _length(result: dict[str, Any]) -> str:
     return fmt(result.get("words"), 0) + " words"
 
 
-def selection_table(data: dict[str, Any]) -> Table:
+def selection_table(data: Selection) -> Table:
     rows = [
         [
-            c["name"] + (" ✔" if c["name"] == data.get("chosen") else ""),
-            fmt(c.get("score"), 3 if data["metric"] != "judge_score" else 1),
+            c["name"] + (" ✔" if c["name"] == data.chosen else ""),
+            fmt(c.get("score"), 3 if data.metric != "judge_score" else 1),
             fmt(c.get("len_ratio"), 2),
             "yes" if c.get("eligible") else f"no: {c.get('reason', '')}",
         ]
-        for c in data["candidates"]
+        for c in data.candidates
     ]
-    return Table(f"Checkpoint selection: {data['rule']}", ["checkpoint", data["metric"], "len ratio", "eligible"], rows)
+    return Table(f"Checkpoint selection: {data.rule}", ["checkpoint", data.metric, "len ratio", "eligible"], rows)
 
 
-def examples(eval_dir: Path, data: dict[str, Any], count: int) -> list[tuple[str, str, list[tuple[str, str]]]]:
+def examples(eval_dir: Path, data: EvalResults, count: int) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """``(set, prompt, [(model, answer)])`` for the first ``count`` prompts of each set, teacher first."""
-    order = data.get("order") or list(data["results"])
+    order = data.order
     columns = ([m for m in order if m == "teacher"] or []) + [m for m in order if m != "teacher"]
     if "teacher" not in columns:
         columns.insert(0, "judge_reference")
     picked = []
-    for s in data["sets"]:
+    for s in data.sets:
         loaded = {m: _read_answer_file(eval_dir / "answers" / m / f"{s}.jsonl") for m in columns}
         loaded = {m: a for m, a in loaded.items() if a}
         if not loaded:

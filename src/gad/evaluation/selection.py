@@ -13,7 +13,6 @@ highest score wins, the earliest checkpoint on a tie. The choice and every candi
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -23,12 +22,12 @@ from typing import Any
 from gad.errors import GadError
 from gad.evaluation.evaluate import GenerationConfig, JudgeConfig, ModelSpec, evaluate
 from gad.evaluation.generate import is_model_folder
+from gad.evaluation.results import EVAL_FILE, SELECTION_FILE, Selection
 
 log = logging.getLogger(__name__)
 
 STAGES = ("gad", "warmup", "seqkd")
 BEST = "best"
-SELECTION_FILE = "selection.json"
 COPY_MARKER = ".gad-best-copy"
 _STEP = re.compile(r"checkpoint-(\d+)$")
 
@@ -106,7 +105,7 @@ def select_checkpoint(
     out_dir: str | Path | None = None,
     link: bool = True,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> Selection:
     """Evaluate a run's checkpoints, choose one by :func:`choose`, write ``selection.json`` and ``RUN_DIR/best``.
 
     ``metric`` is ``judge_score`` (the paper's rule; needs ``judge``) or a judge-free key of ``eval.json`` such as
@@ -134,7 +133,7 @@ def select_checkpoint(
     )
     candidates = []
     for (name, path), spec in zip(checkpoints, specs, strict=True):
-        per_set = report["results"][spec.name]
+        per_set = report.results[spec.name]
         scores = [r.get(metric) for r in per_set.values()]
         ratios = [r.get("len_ratio") for r in per_set.values()]
         candidates.append(
@@ -148,23 +147,22 @@ def select_checkpoint(
             }
         )
     best = choose(candidates, max_length_ratio=max_length_ratio, min_length_ratio=min_length_ratio)
-    selection = {
-        "rule": f"highest mean {metric} over the prompt sets among checkpoints with "
+    selection = Selection(
+        rule=f"highest mean {metric} over the prompt sets among checkpoints with "
         f"{min_length_ratio:g} <= mean length ratio to the teacher's <= {max_length_ratio:g}",
-        "metric": metric,
-        "max_length_ratio": max_length_ratio,
-        "min_length_ratio": min_length_ratio,
-        "prompt_sets": list(report["sets"]),
-        "length_reference": {s: info["reference_source"] for s, info in report["sets"].items()},
-        "candidates": candidates,
-        "chosen": best["name"] if best else None,
-        "chosen_path": best["path"] if best else None,
-        "eval": str(out / "eval.json"),
-        "best": None,
-    }
+        metric=metric,
+        max_length_ratio=max_length_ratio,
+        min_length_ratio=min_length_ratio,
+        prompt_sets=list(report.sets),
+        length_reference={s: info["reference_source"] for s, info in report.sets.items()},
+        candidates=candidates,
+        chosen=best["name"] if best else None,
+        chosen_path=best["path"] if best else None,
+        eval=str(out / EVAL_FILE),
+    )
     if best is not None and link:
-        selection["best"], selection["best_kind"] = _link_best(run_dir, Path(best["path"]))
-    (run_dir / SELECTION_FILE).write_text(json.dumps(selection, indent=2), encoding="utf-8")
+        selection.best, selection.best_kind = _link_best(run_dir, Path(best["path"]))
+    selection.write(run_dir / SELECTION_FILE)
     if best is None:
         raise GadError(
             f"no checkpoint of {run_dir} passes the length guard ({min_length_ratio:g}..{max_length_ratio:g} x the "

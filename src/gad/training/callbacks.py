@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 from transformers import TrainerCallback
 
 from gad.errors import GadError
-
-COMPLETE_MARKER = "gad_complete.json"
-METRICS_FILE = "metrics.jsonl"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+from gad.layout import COMPLETE_MARKER, StageLayout
 
 
 class MetricsFile(TrainerCallback):
@@ -23,8 +19,8 @@ class MetricsFile(TrainerCallback):
     as one uninterrupted run.
     """
 
-    def __init__(self, output_dir: str | Path, stage: str, resume_step: int | None = None):
-        self.path = Path(output_dir) / METRICS_FILE
+    def __init__(self, path: str | Path, stage: str, resume_step: int | None = None):
+        self.path = Path(path)
         self.stage = stage
         if resume_step is not None and self.path.exists():
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
@@ -61,29 +57,9 @@ class CheckpointMarker(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = StageLayout(Path(args.output_dir)).checkpoint(state.global_step)
         if folder.is_dir():
             (folder / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint of a stage's output folder, or None."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return None
-    found = [
-        (int(m.group(1)), p)
-        for p in folder.iterdir()
-        if (m := _CHECKPOINT.match(p.name)) and (p / COMPLETE_MARKER).exists()
-    ]
-    return max(found)[1] if found else None
-
-
-def checkpoint_step(folder: str | Path) -> int:
-    match = _CHECKPOINT.match(Path(folder).name)
-    if not match:
-        raise GadError(f"not a checkpoint folder: {folder} (expected a name like checkpoint-50)")
-    return int(match.group(1))
 
 
 def _plain(value):

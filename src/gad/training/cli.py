@@ -71,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
             continue
         from gad.training.stages import run_stage
 
-        output = run_stage(stage, config, resume=resume, overwrite=args.overwrite)
-        print(f"{stage}: done -> {output}/student" + ("" if stage == "seqkd" else f", {output}/discriminator"))
+        layout = run_stage(stage, config, resume=resume, overwrite=args.overwrite).layout
+        print(f"{stage}: done -> {layout.student}" + ("" if stage == "seqkd" else f", {layout.discriminator}"))
     return 0

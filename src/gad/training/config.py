@@ -16,6 +16,7 @@ from pathlib import Path
 from trl import GRPOConfig, SFTConfig
 
 from gad.errors import GadError
+from gad.layout import StageLayout
 from gad.training.discriminator import LOSSES
 
 STUDENT_OBJECTIVES = ("policy_gradient", "teacher_sft")
@@ -249,8 +250,8 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
             folder = Path(self.init_from)
             if not folder.is_dir():
                 raise GadError(f"init_from folder not found: {folder} (run the warmup stage first, or set student=)")
-            self.student = self.student or str(folder / "student")
-            self.discriminator = self.discriminator or str(folder / "discriminator")
+            self.student = self.student or str(StageLayout(folder).student)
+            self.discriminator = self.discriminator or str(StageLayout(folder).discriminator)
         _validate_common(self)
         _resolve_device_defaults(self)
         if self.student_objective not in STUDENT_OBJECTIVES:

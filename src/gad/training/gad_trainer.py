@@ -25,6 +25,7 @@ import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
+from gad.layout import DISCRIMINATOR, StageLayout
 from gad.metrics import rouge_l
 from gad.prepare import teacher_turn_ids
 from gad.training.config import GADConfig
@@ -32,7 +33,6 @@ from gad.training.discriminator import Discriminator, DiscriminatorUpdater
 
 logger = logging.getLogger(__name__)
 
-DISCRIMINATOR_FOLDER = "discriminator"
 DISCRIMINATOR_STATE = "discriminator_optimizer.pt"
 TRAINER_EXTRA_STATE = "gad_state.json"
 
@@ -244,7 +244,7 @@ class GADTrainer(GRPOTrainer):
         super()._save_checkpoint(model, trial)
         if not self.args.should_save:
             return
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}" / DISCRIMINATOR_FOLDER
+        folder = StageLayout(Path(self._get_output_dir(trial=trial))).checkpoint(self.state.global_step) / DISCRIMINATOR
         self.discriminator.save_pretrained(folder)
         torch.save(self.discriminator_updater.state_dict(), folder / DISCRIMINATOR_STATE)
         extra = {"d_acc_ema": self.d_acc_ema, "replay": self.replay.state_dict()}
@@ -254,7 +254,7 @@ class GADTrainer(GRPOTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        folder = Path(checkpoint) / DISCRIMINATOR_FOLDER
+        folder = Path(checkpoint) / DISCRIMINATOR
         restored = Discriminator.from_pretrained(folder, max_length=self.discriminator.max_length)
         self.discriminator.model.load_state_dict(restored.model.state_dict())
         state = torch.load(folder / DISCRIMINATOR_STATE, map_location=self.accelerator.device, weights_only=True)

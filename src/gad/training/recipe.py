@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from gad.errors import GadError
+from gad.layout import RunLayout
 from gad.training.config import STAGES
 
 RECIPE_ONLY_KEYS = {"run_dir"}
@@ -121,9 +122,9 @@ def resolve_stage(recipe: dict[str, Any], stage: str, overrides: dict[str, str] 
 
     run_dir = values.pop("run_dir", None)
     if run_dir is not None:
-        values.setdefault("output_dir", str(Path(run_dir) / stage))
+        values.setdefault("output_dir", str(RunLayout(run_dir).stage(stage).root))
         if stage == "gad" and "student" not in section and not (overrides or {}).get("student"):
-            values.setdefault("init_from", str(Path(run_dir) / "warmup"))
+            values.setdefault("init_from", str(RunLayout(run_dir).stage("warmup").root))
     if stage == "gad" and "init_from" in values and "student" not in section:
         values.pop("student", None)  # the recipe's top-level student seeds seqkd/warmup; gad starts from warmup
     if "output_dir" not in values:

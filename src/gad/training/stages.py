@@ -11,40 +11,59 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from gad.data import load_training_rows
 from gad.errors import GadError
+from gad.layout import StageLayout, checkpoint_step
 from gad.models import load_tokenizer, require_model_folder, resolve_model
 from gad.prepare import gad_dataset, sft_dataset, truncate_rows
-from gad.training.callbacks import (
-    METRICS_FILE,
-    CheckpointMarker,
-    MetricsFile,
-    NanGuard,
-    checkpoint_step,
-    latest_checkpoint,
-)
+from gad.training.callbacks import CheckpointMarker, MetricsFile, NanGuard
 from gad.training.config import GADConfig, SeqKDConfig
 from gad.training.discriminator import Discriminator
 
 logger = logging.getLogger(__name__)
-FINISHED_MARKER = "gad_finished.json"
 
 
-def run_stage(stage: str, config: SeqKDConfig | GADConfig, *, resume: bool | str = False, overwrite: bool = False):
-    """Train one stage (``seqkd``, ``warmup`` or ``gad``) and return its output folder.
+@dataclass
+class StageResult:
+    """What a stage leaves behind: its folders, how far it trained, and the trainer's log history (empty when the
+    stage had already finished and ``resume`` skipped it)."""
+
+    stage: str
+    layout: StageLayout
+    global_step: int = 0
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    skipped: bool = False
+
+    @property
+    def output_dir(self) -> Path:
+        return self.layout.root
+
+
+def run_stage(
+    stage: str,
+    config: SeqKDConfig | GADConfig,
+    *,
+    resume: bool | str = False,
+    overwrite: bool = False,
+    callbacks: list | tuple = (),
+) -> StageResult:
+    """Train one stage (``seqkd``, ``warmup`` or ``gad``); ``callbacks`` are extra ``TrainerCallback`` objects
+    (a benchmark's periodic evaluation, say) added to the stage's own.
 
     With ``resume``, a stage that already finished is left as it is, and one with no complete checkpoint starts from
     the beginning, so ``gad train --stage seqkd,warmup,gad --resume`` picks a killed pipeline up where it stopped.
     """
-    output_dir = Path(config.output_dir)
-    if resume is True and _finished(output_dir, config):
-        logger.info("%s already finished in %s; nothing to resume", stage, output_dir)
-        return output_dir
-    checkpoint = _checkpoint_to_resume(output_dir, resume, overwrite)
+    layout = StageLayout(Path(config.output_dir))
+    if resume is True and _finished(layout, config):
+        logger.info("%s already finished in %s; nothing to resume", stage, layout.root)
+        return StageResult(stage, layout, skipped=True)
+    checkpoint = _checkpoint_to_resume(layout, resume, overwrite)
 
     # The student and its tokenizer (prompts are rendered with the student's chat template).
     student = resolve_model(config.student)
@@ -63,25 +82,25 @@ def run_stage(stage: str, config: SeqKDConfig | GADConfig, *, resume: bool | str
         rows, tokenizer, max_prompt_length=config.max_prompt_length, max_response_length=config.max_completion_length
     )
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_config(output_dir / "config.yaml", stage, config, data={**vars(truncation), "skipped": report.skipped})
-    callbacks = [
-        MetricsFile(output_dir, stage, resume_step=checkpoint_step(checkpoint) if checkpoint else None),
+    layout.root.mkdir(parents=True, exist_ok=True)
+    write_config(layout.config, stage, config, data={**vars(truncation), "skipped": report.skipped})
+    own = [
+        MetricsFile(layout.metrics, stage, resume_step=checkpoint_step(checkpoint) if checkpoint else None),
         NanGuard(),
         CheckpointMarker(),
     ]
-    trainer = build_trainer(stage, config, student, tokenizer, rows, lengths, callbacks)
+    trainer = build_trainer(stage, config, student, tokenizer, rows, lengths, [*own, *callbacks])
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if trainer.accelerator.is_main_process:
-        save_student(trainer, output_dir / "student")
-        tokenizer.save_pretrained(output_dir / "student")
+        save_student(trainer, layout.student)
+        tokenizer.save_pretrained(layout.student)
         if stage != "seqkd":
-            trainer.discriminator.save_pretrained(output_dir / "discriminator")
-        (output_dir / FINISHED_MARKER).write_text(json.dumps({"stage": stage, **_length(config)}))
+            trainer.discriminator.save_pretrained(layout.discriminator)
+        layout.finished_marker.write_text(json.dumps({"stage": stage, **_length(config)}))
     trainer.accelerator.wait_for_everyone()
-    logger.info("%s finished: student in %s", stage, output_dir / "student")
-    return output_dir
+    logger.info("%s finished: student in %s", stage, layout.student)
+    return StageResult(stage, layout, trainer.state.global_step, list(trainer.state.log_history))
 
 
 def build_trainer(stage: str, config, student: str, tokenizer, rows, lengths, callbacks=()):
@@ -149,35 +168,35 @@ def _length(config) -> dict:
     return {"max_steps": config.max_steps, "num_train_epochs": config.num_train_epochs}
 
 
-def _finished(output_dir: Path, config) -> bool:
+def _finished(layout: StageLayout, config) -> bool:
     """Whether the stage already ran to the end with this length (a longer run resumes from its last checkpoint)."""
-    marker = output_dir / FINISHED_MARKER
+    marker = layout.finished_marker
     return marker.exists() and {k: v for k, v in json.loads(marker.read_text()).items() if k != "stage"} == _length(
         config
     )
 
 
-def _checkpoint_to_resume(output_dir: Path, resume: bool | str, overwrite: bool) -> Path | None:
+def _checkpoint_to_resume(layout: StageLayout, resume: bool | str, overwrite: bool) -> Path | None:
     if resume and not isinstance(resume, bool):
         checkpoint = Path(resume)
-        if not checkpoint.is_dir():
-            raise GadError(f"checkpoint not found: {checkpoint}")
+        if not checkpoint.is_dir() or checkpoint_step(checkpoint) is None:
+            raise GadError(f"checkpoint not found: {checkpoint} (expected a folder like RUN/STAGE/checkpoint-50)")
         return checkpoint
     if resume:
-        checkpoint = latest_checkpoint(output_dir)
+        checkpoint = layout.latest_checkpoint()
         if checkpoint is not None:
             logger.info("resuming from %s", checkpoint)
             return checkpoint
-        logger.warning("no complete checkpoint in %s: the stage starts from the beginning", output_dir)
+        logger.warning("no complete checkpoint in %s: the stage starts from the beginning", layout.root)
         overwrite = True  # what is there is incomplete
-    earlier = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
+    earlier = layout.checkpoints()
     if earlier and not overwrite:
         raise GadError(
-            f"{output_dir} holds checkpoints of an earlier run; pass --resume to continue it, --overwrite to start "
+            f"{layout.root} holds checkpoints of an earlier run; pass --resume to continue it, --overwrite to start "
             "again, or choose another run_dir"
         )
     for folder in earlier:
         shutil.rmtree(folder)
-    if overwrite and (output_dir / METRICS_FILE).exists():
-        (output_dir / METRICS_FILE).unlink()
+    if overwrite and layout.metrics.exists():
+        layout.metrics.unlink()
     return None
