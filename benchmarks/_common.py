@@ -32,14 +32,16 @@ def command_line() -> str:
     return shlex.join(["python", str(with_path), *sys.argv[1:]])
 
 
-def write_result(path: Path, benchmark: str, result: dict[str, Any], goals: dict[str, dict[str, Any]]) -> Path:
-    """Write a benchmark's JSON: its name, the command, the date, the environment, the goals, then its figures."""
+def write_result(path: Path, benchmark: str, result: dict[str, Any]) -> Path:
+    """Write a benchmark's JSON: its name, the command, the date, the environment, its ``goals`` (a map of
+    :func:`goal` entries, required), then the rest of its figures."""
+    if not isinstance(result.get("goals"), dict):
+        raise ValueError("a benchmark result needs a 'goals' map")
     record = {
         "benchmark": benchmark,
         "command": command_line(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "environment": environment(),
-        "goals": goals,
         **result,
     }
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,14 +33,14 @@ import math
 import os
 import random
 import re
-import shlex
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
+
+from _common import goal, print_goals, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "persona.json"
@@ -59,15 +59,25 @@ STYLES = {
 }
 
 
-def style(name: str) -> tuple[str, str]:
-    """(hidden system prompt, checker regex) of a built-in style."""
+def style(name: str, regex: str | None = None):
+    """(hidden system prompt, checker: text -> bool, its description) of a built-in style; ``regex`` replaces the
+    checker with a case-insensitive regex search."""
     if name in STYLES:
-        return STYLES[name]
-    from gad.demo.run import load_preset
+        system, pattern = STYLES[name]
+    else:
+        from gad.demo.presets import load_preset
+        from gad.metrics import style_pass
 
-    spec = load_preset("default")
-    start, contains = re.escape(spec.style_starts_with), re.escape(spec.style_contains)
-    return spec.teacher_system, rf"^\s*{start}[\s\S]*{contains}"  # as gad.demo.style_pass
+        spec = load_preset("default")
+        system, pattern = spec.teacher_system, None
+        if regex is None:
+            return (
+                system,
+                lambda text: style_pass(text, spec.style_starts_with, spec.style_contains),
+                (f"the demo's check: {spec.style_description}"),
+            )
+    compiled = re.compile(regex or pattern, re.IGNORECASE)
+    return system, lambda text: bool(compiled.search(text)), f"regex {compiled.pattern}"
 
 
 GOAL_C2ST_POINTS = 5.0
@@ -230,31 +240,14 @@ def time_budget_callback(seconds: float):
 
 
 def train(stage, config, seconds):
-    """One stage with a wall-clock budget; returns (output folder, seconds, steps, log history)."""
-    from gad.data import load_training_rows
-    from gad.models import load_tokenizer
-    from gad.prepare import truncate_rows
-    from gad.training.stages import build_trainer, save_student
+    """One stage through the library's stage runner, with a wall-clock budget; returns (output folder, training-loop
+    seconds, steps, log history)."""
+    from gad.training.stages import run_stage
 
-    out = Path(config.output_dir)
-    tokenizer = load_tokenizer(config.student)
-    rows, _ = load_training_rows(config.train_file)
-    rows, lengths, _ = truncate_rows(
-        rows, tokenizer, max_prompt_length=config.max_prompt_length, max_response_length=config.max_completion_length
-    )
     budget = time_budget_callback(seconds)
-    trainer = build_trainer(stage, config, config.student, tokenizer, rows, lengths, [budget])
-    started = time.monotonic()
-    trainer.train()
-    loop = time.monotonic() - started
-    save_student(trainer, out / "student")
-    tokenizer.save_pretrained(out / "student")
-    if stage != "seqkd":
-        trainer.discriminator.save_pretrained(out / "discriminator")
-    history = [h for h in trainer.state.log_history if "train_runtime" not in h]
-    steps = trainer.state.global_step
-    del trainer
-    return out, loop, steps, history
+    result = run_stage(stage, config, overwrite=True, callbacks=[budget])
+    history = [h for h in result.log_history if "train_runtime" not in h]
+    return result.output_dir, budget.elapsed, result.global_step, history
 
 
 def common_config(args, seed, student, train_file, output_dir):
@@ -401,7 +394,7 @@ def answer_metrics(rows, teacher_rows, checker, args, seed) -> dict:
     words = [len(r["response"].split()) for r in rows]
     result = {
         "c2st": c2st(teacher_rows, rows, args.c2st_splits, seed) if rows is not teacher_rows else None,
-        "style_pass": 100 * sum(bool(checker.search(r["response"])) for r in rows) / len(rows),
+        "style_pass": 100 * sum(bool(checker(r["response"])) for r in rows) / len(rows),
         "rouge_l": 100 * statistics.mean(rouge_l(r["response"], teacher[(r["id"], r["sample"])]) for r in rows),
         "words": statistics.mean(words),
         "stopped": 100 * sum(r["stop"] for r in rows) / len(rows),
@@ -440,10 +433,8 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     started = time.monotonic()
-    system, pattern = style(args.style)
+    system, checker, pattern = style(args.style, args.checker_regex)
     system = args.system_prompt or system
-    pattern = args.checker_regex or pattern
-    checker = re.compile(pattern, re.IGNORECASE)
 
     from gad.models import resolve_model
 
@@ -460,7 +451,7 @@ def main(argv=None) -> dict:
     # Teacher: the same model with the hidden system prompt, queried once; both methods train on these answers.
     t0 = time.monotonic()
     teacher_train = answer(model_dir, train_prompts, args.teacher_samples, system, args, 10_000, "teacher train")
-    teacher_train_pass = [bool(checker.search(r["response"])) for r in teacher_train]
+    teacher_train_pass = [bool(checker(r["response"])) for r in teacher_train]
     kept = [r for r, ok in zip(teacher_train, teacher_train_pass, strict=True) if ok or not args.filter_teacher]
     train_file = work / "teacher_train.jsonl"
     with train_file.open("w") as handle:
@@ -509,15 +500,13 @@ def main(argv=None) -> dict:
 
     summary = summarize(runs)
     result = {
-        "benchmark": "persona",
-        "command": shlex.join([".venv/bin/python", "benchmarks/persona.py", *(sys.argv[1:] if argv is None else argv)]),
         "wall_seconds": round(time.monotonic() - started, 1),
         "scale": f"CPU-scale run (2 cores): {len(train_prompts)} train prompts, {args.max_new_tokens}-token answers, "
         f"{args.train_seconds:.0f} s of training per method; see notes",
         "teacher": {
             "model": args.model,
             "system_prompt": system,
-            "checker_regex": pattern,
+            "checker": pattern,
             "served": "in-process (same weights + hidden system prompt), not over HTTP",
             "train_answers": len(teacher_train),
             "train_pass_rate": 100 * sum(teacher_train_pass) / len(teacher_train),
@@ -543,10 +532,7 @@ def main(argv=None) -> dict:
         "notes": NOTES,
     }
     print_table(result)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(f"wrote {out}")
+    write_result(Path(args.out), "persona", result)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return result
@@ -592,24 +578,22 @@ def summarize(runs):
 
 
 def goals(summary, before):
-    """The issue's goals, plus the check that keeps them honest: did either method move the student closer to the
-    teacher than it was before training? A GAD that barely trains 'wins' the C2ST goal against a SeqKD that gets
-    worse, without having learned anything."""
+    """The goals, plus the check that keeps them honest: did either method move the student closer to the teacher
+    than it was before training? A GAD that barely trains 'wins' the C2ST goal against a SeqKD that gets worse,
+    without having learned anything."""
     if "seqkd" not in summary or "gad" not in summary:
-        return {"met": False, "why": "both methods are needed"}
+        return {"both_methods": goal(sorted(summary), False, "both seqkd and gad ran")}
     s, g = summary["seqkd"], summary["gad"]
-    closer = s["c2st_gap"] - g["c2st_gap"]
+    closer = round(s["c2st_gap"] - g["c2st_gap"], 2)
     before_gap = abs(before["c2st"]["acc"] - 50)
     return {
-        "c2st_points_closer_to_50": closer,
-        "c2st_goal_met": closer >= GOAL_C2ST_POINTS and g["seeds"] >= 2,
-        "style_goal_met": g["style_pass"] > s["style_pass"],
-        "seeds": g["seeds"],
-        "before_c2st_gap": before_gap,
-        "gad_c2st_gain_over_before": before_gap - g["c2st_gap"],
-        "seqkd_c2st_gain_over_before": before_gap - s["c2st_gap"],
-        "gad_style_gain_over_before": g["style_pass"] - before["style_pass"],
-        "seqkd_style_gain_over_before": s["style_pass"] - before["style_pass"],
+        "c2st_points_closer_to_50": goal(
+            closer, closer >= GOAL_C2ST_POINTS and g["seeds"] >= 2, f">= {GOAL_C2ST_POINTS:g} points, >= 2 seeds"
+        ),
+        "style_above_seqkd": goal(
+            round(g["style_pass"] - s["style_pass"], 2), g["style_pass"] > s["style_pass"], "> 0"
+        ),
+        "gad_closer_than_before": goal(round(before_gap - g["c2st_gap"], 2), before_gap > g["c2st_gap"], "> 0"),
     }
 
 
@@ -642,17 +626,9 @@ def print_table(result):
     for method, s in result["summary"].items():
         print(f"mean {method:<6} C2ST {s['c2st']:.1f} (|C2ST-50| {s['c2st_gap']:.1f}, SE {s['c2st_se']:.1f}), style "
               f"{s['style_pass']:.1f}%, ROUGE-L {s['rouge_l']:.1f}, words {s['words']:.1f}")  # fmt: skip
-    g = result["goals"]
-    if "c2st_points_closer_to_50" in g:
-        print(f"goal C2ST (GAD >= {GOAL_C2ST_POINTS:.0f} points closer to 50 than SeqKD, >= 2 seeds): "
-              f"{g['c2st_points_closer_to_50']:+.1f} points -> {'MET' if g['c2st_goal_met'] else 'NOT met'}; "
-              f"goal style (GAD > SeqKD): {'MET' if g['style_goal_met'] else 'NOT met'}")  # fmt: skip
-        print(f"vs the untrained student (|C2ST-50| {g['before_c2st_gap']:.1f}): C2ST gain GAD "
-              f"{g['gad_c2st_gain_over_before']:+.1f}, SeqKD {g['seqkd_c2st_gain_over_before']:+.1f} points; "
-              f"style gain GAD {g['gad_style_gain_over_before']:+.1f}, "
-              f"SeqKD {g['seqkd_style_gain_over_before']:+.1f} points "
-              "(a goal met without a gain over the untrained student is not evidence for GAD)")  # fmt: skip
-    print(f"wall time {result['wall_seconds']:.0f} s; command: {result['command']}")
+    print_goals(result["goals"])
+    print("(a goal met without a gain over the untrained student is not evidence for GAD)")
+    print(f"wall time {result['wall_seconds']:.0f} s")
 
 
 if __name__ == "__main__":

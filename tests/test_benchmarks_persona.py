@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import re
 
 import pytest
 from conftest import REPO
@@ -32,8 +31,9 @@ def test_persona_benchmark_runs_end_to_end(tmp_path, gad_warmup):
         "--gad-warmup", gad_warmup, "--workdir", str(tmp_path / "work"), "--out", str(out),
     ])  # fmt: skip
     saved = json.loads(out.read_text())
-    for key in ("command", "wall_seconds", "teacher", "data", "config", "reference", "runs", "summary", "goals"):
+    for key in ("wall_seconds", "teacher", "data", "config", "reference", "runs", "summary", "goals"):
         assert key in saved and key in result
+    assert "persona.py" in saved["command"] and saved["environment"]["versions"]["torch"]
     assert {r["method"] for r in saved["runs"]} == {"seqkd", "gad"}
     for run in saved["runs"]:
         assert 0 <= run["c2st"]["acc"] <= 100 and run["c2st"]["se"] >= 0
@@ -47,12 +47,14 @@ def test_persona_benchmark_runs_end_to_end(tmp_path, gad_warmup):
     assert saved["summary"]["gad"]["seeds"] == 1 and "c2st_points_closer_to_50" in saved["goals"]
 
 
-def test_demo_style_checks_what_the_demo_checks():
-    from gad.demo.run import load_preset, style_pass
+def test_demo_style_is_the_demos_persona_and_check_and_a_regex_replaces_the_check():
+    from gad.demo.presets import load_preset
+    from gad.metrics import style_pass
 
-    system, pattern = _load_benchmark().style("demo")
     spec = load_preset("default")
+    system, checker, _ = _load_benchmark().style("demo")
     assert system == spec.teacher_system
-    checker = re.compile(pattern, re.IGNORECASE)
     for text in ("Ahoy! Paris be it, matey.", "  ahoy there mateys", "Ahoy! Paris.", "Well, ahoy matey", "matey ahoy"):
-        assert bool(checker.search(text)) == style_pass(text, spec.style_starts_with, spec.style_contains), text
+        assert checker(text) == style_pass(text, spec.style_starts_with, spec.style_contains), text
+    _, by_regex, description = _load_benchmark().style("demo", r"\bparis\b")
+    assert by_regex("Ahoy! PARIS.") and not by_regex("Ahoy, matey") and "paris" in description

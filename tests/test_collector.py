@@ -154,7 +154,8 @@ def test_export_filters_are_counted(tmp_path):
             config(prompts, tmp_path / "long.jsonl", server.base_url, max_tokens=3, drop_truncated=False, dedupe=False)
         )
     assert summary.dropped == {"duplicate prompt": 1, "truncated": 2}
-    assert kept.rows_written == 3 and kept.from_cache == 3  # same cache: filters apply at export, not at request
+    # Same cache: filters apply at export, not at request; the kept duplicate is a new sample with its own answer.
+    assert kept.rows_written == 3 and kept.from_cache == 2 and kept.answered == 1
     assert "truncated 2" in summary.format()
 
 

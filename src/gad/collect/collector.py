@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import re
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from gad.api.cache import CacheEntry, TeacherCache
-from gad.api.client import ChatClient, RequestFailed, estimate_tokens
-from gad.data import PromptRow, load_prompts
+from gad.api.client import ChatClient, ChatResult, RequestFailed, estimate_tokens
+from gad.data import MAX_PROMPT_ROW_CHARS, PromptRow, load_prompts
 from gad.errors import GadError
 from gad.options import check_ranges
 
@@ -39,6 +41,10 @@ DEFAULT_REFUSAL_REGEX = (
 )
 # Failures that a rerun would meet again; remembered in the cache unless --retry-failed.
 PERMANENT_REASONS = frozenset({"bad_request", "content_filter"})
+# Longer than any real answer (128k tokens is about 500,000 characters), small enough for the cache and for training.
+MAX_ANSWER_CHARS = 1_000_000
+# An answer over --max-answer-chars: remembered like a failure (so a rerun does not pay again), counted as dropped.
+TOO_LONG = "too_long"
 
 
 @dataclass
@@ -98,6 +104,17 @@ class CollectConfig:
         metadata={"help": "ask again for prompts that failed for good (e.g. content filter) in an earlier run"},
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    max_answer_chars: int | None = field(
+        default=MAX_ANSWER_CHARS,
+        metadata={
+            "help": "drop (and count as 'too long') answers longer than this many characters; they are not stored, "
+            "and --retry-failed asks for them again"
+        },
+    )
+    max_row_chars: int | None = field(
+        default=MAX_PROMPT_ROW_CHARS,
+        metadata={"help": "a prompt row longer than this many characters is a bad row (see --skip-bad-rows)"},
+    )
 
     def __post_init__(self) -> None:
         # Library callers pass strings too; the checks and the run need Path methods.
@@ -188,11 +205,35 @@ async def acollect(config: CollectConfig) -> CollectSummary:
     """The asynchronous form of :func:`collect` (for callers that already run an event loop)."""
     started = time.monotonic()
     _validate(config)
+    with _locked(config):
+        rows, summary = _load(config)
+        jobs = _jobs(config, rows)
+        with TeacherCache(config.cache_path) as cache:
+            pending = _pending(config, cache, jobs, summary)
+            if config.dry_run:
+                return _dry_run(config, summary, pending)
+            fatal: RequestFailed | None = None
+            if pending:
+                try:
+                    fatal = await _run(config, cache, pending, summary)
+                except (asyncio.CancelledError, KeyboardInterrupt):
+                    _export(config, cache, jobs, summary)  # Ctrl-C: what arrived is in the output as well as the cache
+                    raise
+            summary.rows_written = _export(config, cache, jobs, summary)
+    summary.elapsed_s = round(time.monotonic() - started, 3)
+    if fatal is not None:
+        raise GadError(_fatal_message(fatal, config, summary))
+    return summary
+
+
+def _load(config: CollectConfig) -> tuple[list[PromptRow], CollectSummary]:
+    """The prompts to answer (system prompt added, de-duplicated) and a summary that counts what was left out."""
     rows, report = load_prompts(
         config.prompts,
         prompt_column=config.prompt_column,
         id_column=config.id_column,
         skip_bad_rows=config.skip_bad_rows,
+        max_row_chars=config.max_row_chars,
     )
     summary = CollectSummary(out=str(config.out), cache=str(config.cache_path), dry_run=config.dry_run)
     if report.skipped:
@@ -204,36 +245,101 @@ async def acollect(config: CollectConfig) -> CollectSummary:
         if duplicates:
             summary.dropped["duplicate prompt"] = duplicates
     summary.prompts = len(rows)
+    return rows, summary
+
+
+def _jobs(config: CollectConfig, rows: list[PromptRow]) -> list[_Job]:
+    """One job per answer wanted, each with its own cache key.
+
+    A prompt kept twice on purpose (``dedupe`` off) takes the next ``n`` sample indices for its second copy, so each
+    copy gets an answer of its own and a rerun finds them all cached; first copies keep the keys of a de-duplicated run.
+    """
     params = config.sampling_params()
-    jobs = [
-        _Job(TeacherCache.key(config.model, row.messages, params, index), row, index)
-        for row in rows
-        for index in range(config.n)
-    ]
-    with TeacherCache(config.cache_path) as cache:
-        cached = cache.get_many(job.key for job in jobs)
-        pending = [job for job in jobs if job.key not in cached]
-        if not config.retry_failed:
-            known = cache.get_failures(job.key for job in pending)
-            for failure in known.values():
-                summary.failed[failure.reason] += 1
-            pending = [job for job in pending if job.key not in known]
-        summary.from_cache = len(jobs) - len(pending) - sum(summary.failed.values())
-        summary.requests = len(pending)
-        if config.dry_run:
-            return _dry_run(config, summary, pending)
-        fatal: RequestFailed | None = None
-        if pending:
-            try:
-                fatal = await _run(config, cache, pending, summary)
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                _export(config, cache, jobs, summary)  # Ctrl-C: what arrived is in the output as well as the cache
-                raise
-        summary.rows_written = _export(config, cache, jobs, summary)
-    summary.elapsed_s = round(time.monotonic() - started, 3)
-    if fatal is not None:
-        raise GadError(_fatal_message(fatal, config, summary))
-    return summary
+    copies: Counter[str] = Counter()
+    jobs: list[_Job] = []
+    for row in rows:
+        marker = _marker(row)
+        first = copies[marker] * config.n
+        copies[marker] += 1
+        for index in range(config.n):
+            jobs.append(_Job(TeacherCache.key(config.model, row.messages, params, first + index), row, index))
+    return jobs
+
+
+def _pending(config: CollectConfig, cache: TeacherCache, jobs: list[_Job], summary: CollectSummary) -> list[_Job]:
+    """The jobs to send: not cached and, unless ``retry_failed``, not failed for good in an earlier run."""
+    cached = cache.get_many(job.key for job in jobs)
+    pending = [job for job in jobs if job.key not in cached]
+    summary.from_cache = len(jobs) - len(pending)
+    if not config.retry_failed:
+        known = cache.get_failures(job.key for job in pending)
+        for failure in known.values():
+            _count_failure(summary, failure.reason)
+        pending = [job for job in pending if job.key not in known]
+    summary.requests = len(pending)
+    return pending
+
+
+def _count_failure(summary: CollectSummary, reason: str) -> None:
+    if reason == TOO_LONG:
+        summary.dropped["too long"] += 1
+    else:
+        summary.failed[reason] += 1
+
+
+@contextlib.contextmanager
+def _locked(config: CollectConfig) -> Iterator[None]:
+    """Hold the output and the cache for this run.
+
+    A second run on the same files (a retry in another terminal) would pay for every answer again, and race this one
+    on the output's rename. A dry run writes nothing, so it may look while a run goes on.
+    """
+    with contextlib.ExitStack() as stack:
+        if not config.dry_run:
+            stack.enter_context(_lock_file(config.out))
+            stack.enter_context(_lock_file(config.cache_path))
+        yield
+
+
+@contextlib.contextmanager
+def _lock_file(target: Path) -> Iterator[None]:
+    """An exclusive lock on ``TARGET.lock``, which holds the owner's pid while the lock is held."""
+    path = target.with_name(target.name + ".lock")
+    handle = _acquire(path, target)
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before unlocking: whoever opened it meanwhile sees it gone and opens a new one
+        handle.close()  # which releases the lock
+
+
+def _acquire(path: Path, target: Path) -> TextIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise GadError(
+                f"{target} is in use by another gad collect (pid {holder}); wait for it to finish, or stop it"
+            ) from None
+        if _still_there(handle, path):
+            break
+        handle.close()  # the previous holder removed the file between our open and our lock
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _still_there(handle: TextIO, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _validate(config: CollectConfig) -> None:
@@ -254,6 +360,10 @@ def _validate(config: CollectConfig) -> None:
             raise GadError(f"--refusal-regex is not a valid regular expression: {error}") from None
     if config.out.suffix != ".jsonl":
         raise GadError(f"--out must be a .jsonl file, got {config.out}")
+    for name in ("max_answer_chars", "max_row_chars"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise GadError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
 def _with_system(row: PromptRow, system: str | None) -> PromptRow:
@@ -266,11 +376,16 @@ def _dedupe(rows: list[PromptRow]) -> tuple[list[PromptRow], int]:
     seen: set[str] = set()
     kept: list[PromptRow] = []
     for row in rows:
-        marker = json.dumps(row.messages, sort_keys=True, ensure_ascii=False)
+        marker = _marker(row)
         if marker not in seen:
             seen.add(marker)
             kept.append(row)
     return kept, len(rows) - len(kept)
+
+
+def _marker(row: PromptRow) -> str:
+    """What makes two prompts the same prompt."""
+    return json.dumps(row.messages, sort_keys=True, ensure_ascii=False)
 
 
 def _dry_run(config: CollectConfig, summary: CollectSummary, pending: list[_Job]) -> CollectSummary:
@@ -343,10 +458,7 @@ async def _run(
                     cache.put_failure(job.key, failed.reason, failed.detail)
                 logger.debug("prompt %s failed: %s", job.row.id, failed)
             else:
-                cache.put(job.key, CacheEntry.from_result(result, model=config.model))
-                summary.answered += 1
-                summary.tokens_in += result.prompt_tokens
-                summary.tokens_out += result.completion_tokens
+                _store(config, cache, job, result, summary)
             bar.update(1)
             show()
 
@@ -361,6 +473,26 @@ async def _run(
         bar.close()
     summary.cost = _cost(config, summary.tokens_in, summary.tokens_out)
     return fatal[0] if fatal else None
+
+
+def _store(config: CollectConfig, cache: TeacherCache, job: _Job, result: ChatResult, summary: CollectSummary) -> None:
+    """Cache an answer and count what it cost.
+
+    An answer over ``max_answer_chars`` (a model stuck in a loop) is remembered as a failure instead, so that it bloats
+    neither the cache nor the training file, and a rerun does not pay for it again.
+    """
+    summary.answered += 1
+    summary.tokens_in += result.prompt_tokens
+    summary.tokens_out += result.completion_tokens
+    if _too_long(result.text, config):
+        cache.put_failure(job.key, TOO_LONG, f"{len(result.text):,} characters, over --max-answer-chars")
+        _count_failure(summary, TOO_LONG)
+    else:
+        cache.put(job.key, CacheEntry.from_result(result, model=config.model))
+
+
+def _too_long(text: str, config: CollectConfig) -> bool:
+    return config.max_answer_chars is not None and len(text) > config.max_answer_chars
 
 
 async def _until_done_or_stopped(workers: list[asyncio.Task], stop: asyncio.Event) -> None:
@@ -421,6 +553,8 @@ def _export(config: CollectConfig, cache: TeacherCache, jobs: list[_Job], summar
 
 
 def _drop_reason(entry: CacheEntry, config: CollectConfig, refusal: re.Pattern | None) -> str | None:
+    if _too_long(entry.text, config):  # cached by an earlier run with a larger limit
+        return "too long"
     if config.drop_truncated and entry.finish_reason == "length":
         return "truncated"
     if config.drop_empty and not entry.text.strip():
@@ -443,5 +577,6 @@ def _fatal_message(failed: RequestFailed, config: CollectConfig, summary: Collec
         "check --base-url (it usually ends in /v1) and --model",
         "unreachable": f"cannot reach {config.base_url} after {failed.attempts} attempts ({failed.detail}); "
         "check --base-url and that the server is running",
+        "not_json": f"{config.base_url}/chat/completions: {failed.detail}",
     }
     return hints.get(failed.reason, str(failed)) + kept
