@@ -32,9 +32,9 @@ def command_line() -> str:
     return shlex.join(["python", str(with_path), *sys.argv[1:]])
 
 
-def write_result(path: Path, benchmark: str, result: dict[str, Any]) -> Path:
+def write_result(path: Path, benchmark: str, result: dict[str, Any]) -> dict[str, Any]:
     """Write a benchmark's JSON: its name, the command, the date, the environment, its ``goals`` (a map of
-    :func:`goal` entries, required), then the rest of its figures."""
+    :func:`goal` entries, required), then the rest of its figures; returns what was written."""
     if not isinstance(result.get("goals"), dict):
         raise ValueError("a benchmark result needs a 'goals' map")
     record = {
@@ -47,7 +47,7 @@ def write_result(path: Path, benchmark: str, result: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {path}")
-    return path
+    return record
 
 
 def print_goals(goals: dict[str, dict[str, Any]]) -> None:

@@ -44,14 +44,13 @@ import json
 import logging
 import math
 import os
-import platform
-import shlex
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import goal, write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -675,31 +674,30 @@ def _main(args, argv) -> dict:
     summary = {"oracle (floor)": {k: {"mean": v, "std": 0.0, "n": 1} for k, v in
                                   (("nll_oracle", floor), ("nll_test", floor), ("c2st", oracle_c2st["c2st"]))},
                **summary}  # fmt: skip
+    verdicts = goal_check(summary, per_seed)
     result = {
-        "benchmark": "oracle",
         "regime": "starved",
-        "command": "nice -n 10 .venv/bin/python benchmarks/oracle.py "
-        + shlex.join(sys.argv[1:] if argv is None else argv),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "variants": {v: VARIANTS[v] for v in args.variants if v in VARIANTS},
         "oracle": world["oracle_stats"],
         "oracle_c2st": oracle_c2st,
         "seeds": args.seeds,
         "summary": summary,
-        "goal": goal_check(summary, per_seed),
-        "runs": {str(s): r for s, r in per_seed.items()},
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "cpus": os.cpu_count(),
+        "goal": verdicts,
+        "goals": {
+            f"{name}_no_harm": goal(
+                verdict["c2st"]["paired"],
+                verdict["no_harm"],
+                "C2ST and NLL_oracle not worse than SeqKD beyond 2 paired SE",
+            )
+            for name, verdict in verdicts.items()
         },
+        "runs": {str(s): r for s, r in per_seed.items()},
         "wall_seconds": time.perf_counter() - started,
     }
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\nwrote {args.out} ({result['wall_seconds']:.0f} s)")
+    result = write_result(args.out, "oracle", result)
+    print(f"({result['wall_seconds']:.0f} s)")
     return result
 
 

@@ -45,8 +45,6 @@ import dataclasses
 import json
 import logging
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -55,6 +53,10 @@ import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from _common import goal, write_result
+
+from gad.runtime import load_average
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -162,11 +164,10 @@ def shared_settings(args, max_steps: int) -> dict:
 def build_trainers(workdir: Path, args, which=RUNNERS, max_steps: int | None = None) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
-    from gad.data import load_training_rows
     from gad.models import load_tokenizer
-    from gad.prepare import gad_dataset, truncate_rows
+    from gad.prepare import gad_dataset
     from gad.training.config import GADConfig
-    from gad.training.stages import build_trainer
+    from gad.training.stages import build_trainer, load_stage_data
 
     student, reward_model = build_checkpoints(workdir, args)
     max_steps = max_steps if max_steps is not None else args.warmup + args.steps
@@ -178,11 +179,8 @@ def build_trainers(workdir: Path, args, which=RUNNERS, max_steps: int | None = N
         )
 
     gad_config = gad_config_in("gad")
-    tokenizer = load_tokenizer(str(student))
-    rows, _ = load_training_rows(TRAIN_FILE)
-    rows, lengths, _ = truncate_rows(
-        rows, tokenizer, max_prompt_length=gad_config.max_prompt_length, max_response_length=args.completion_length
-    )
+    data = load_stage_data(gad_config)
+    tokenizer, rows, lengths = data.tokenizer, data.rows, data.lengths
     # The baseline takes every GRPOConfig field from the GAD config (learning rate, beta, temperature, clipping, ...).
     grpo_fields = [f.name for f in dataclasses.fields(GRPOConfig) if f.init]
     skip = CONFIG_FIELDS_ALLOWED_TO_DIFFER | DERIVED_FIELDS
@@ -527,34 +525,6 @@ def run_memory_probes(args, workdir: Path, runners) -> dict:
 
 
 # -- report -----------------------------------------------------------------------------------------------------------
-def environment() -> dict:
-    import torch
-    import transformers
-    import trl
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "nice": os.nice(0),
-        "loadavg_start": os.getloadavg(),
-    }
-
-
 def _mib(value: float) -> str:
     return f"{value / 2**20:.1f}"
 
@@ -583,7 +553,7 @@ def table(result: dict) -> str:
         f"Student: {result['student_params'] / 1e6:.2f} M parameters; {result['batch']['prompts']} prompts x "
         f"{result['batch']['generations']} samples x {result['batch']['completion_length']} tokens; "
         f"{result['batch']['measured_steps']} measured steps each, alternating; "
-        f"{result['environment']['torch_threads_in_steps']} torch thread(s); {result['environment']['device']}.",
+        f"{result['torch_threads_in_steps']} torch thread(s).",
         "",
         row("", [LABELS[n] for n in names], [f"{LABELS[n]} / GRPO" for n in variants]),
         "|---" + "|---:" * (len(names) + len(variants)) + "|",
@@ -603,8 +573,8 @@ def table(result: dict) -> str:
         values = [f"{memory[n]['ratio_to_floor']:.2f}" for n in names]
         lines.append(row("peak / floor", values, [""] * len(variants)))
     lines.append("")
-    for goal in result["goals"].values():
-        lines.append(f"- {goal['text']}: measured {goal['measured']:.3f} -> {'MET' if goal['met'] else 'NOT MET'}")
+    for entry in result["goals"].values():
+        lines.append(f"- {entry['target']}: measured {entry['value']:.3f} -> {'MET' if entry['met'] else 'NOT MET'}")
     return "\n".join(lines)
 
 
@@ -623,7 +593,7 @@ def main(argv=None) -> dict:
         print(json.dumps(memory_probe(args)))
         return {}
     started = time.time()
-    env = environment()
+    load_at_start = load_average()
     with tempfile.TemporaryDirectory(prefix="gad-step-speed-") as tmp:
         workdir = args.workdir or Path(tmp)
         which = [*RUNNERS, *(["gad_fused"] if args.fused else []), *(["gad_top"] if args.top_layers else [])]
@@ -636,35 +606,19 @@ def main(argv=None) -> dict:
         memory = run_memory_probes(args, workdir, list(timing)) if args.memory_steps > 0 else None
     ratio = timing["gad"]["median_step_s"] / timing["grpo"]["median_step_s"]
     pairs = [a / b for a, b in zip(timing["gad"]["step_s"], timing["grpo"]["step_s"], strict=True)]
-    goals = {
-        "speed": {
-            "text": f"GAD step <= {SPEED_GOAL} x GRPO step (ratio of medians)",
-            "measured": ratio,
-            "met": ratio <= SPEED_GOAL,
-        }
-    }
+    goals = {"speed": goal(round(ratio, 3), ratio <= SPEED_GOAL, f"GAD step <= {SPEED_GOAL} x GRPO step (medians)")}
     for name in ("gad_fused", "gad_top"):
         if name in timing:
             variant = timing[name]["median_step_s"] / timing["grpo"]["median_step_s"]
-            goals[f"speed_{name}"] = {
-                "text": f"{LABELS[name]} step <= {SPEED_GOAL} x GRPO step (an option, not the default)",
-                "measured": variant,
-                "met": variant <= SPEED_GOAL,
-            }
+            target = f"{LABELS[name]} step <= {SPEED_GOAL} x GRPO step (an option, not the default)"
+            goals[f"speed_{name}"] = goal(round(variant, 3), variant <= SPEED_GOAL, target)
     if memory:
-        goals["memory"] = {
-            "text": f"GAD peak memory <= {MEMORY_GOAL} x its floor",
-            "measured": memory["gad"]["ratio_to_floor"],
-            "met": memory["gad"]["ratio_to_floor"] <= MEMORY_GOAL,
-        }
-    env["loadavg_end"] = os.getloadavg()
-    env["torch_threads_in_steps"] = timing["gad"]["torch_threads"]
+        measured = memory["gad"]["ratio_to_floor"]
+        goals["memory"] = goal(round(measured, 3), measured <= MEMORY_GOAL, f"GAD peak memory <= {MEMORY_GOAL} x floor")
     result = {
-        "benchmark": "step_speed",
-        "command": "nice -n 5 .venv/bin/python benchmarks/step_speed.py " + shlex.join(argv or sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_s": round(time.time() - started, 1),
-        "environment": env,
+        "load_average_at_start": load_at_start,
+        "torch_threads_in_steps": timing["gad"]["torch_threads"],
         "model": {"checkpoint": args.model} if args.model else {"hidden_size": args.hidden_size, "layers": args.layers},
         "student_params": student_params,
         "batch": {
@@ -688,11 +642,8 @@ def main(argv=None) -> dict:
         "goals": goals,
     }
     result["table"] = table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(result["table"])
-    print(f"\nwritten to {args.out}")
-    return result
+    return write_result(args.out, "step_speed", result)
 
 
 if __name__ == "__main__":

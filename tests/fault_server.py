@@ -4,6 +4,9 @@ It answers ``POST /v1/chat/completions`` with ``"answer: <last user message>"`` 
 fraction ``fault_rate`` of requests, misbehaves instead: 429 with Retry-After, 500, an answer slower than the client's
 timeout, a dropped connection, malformed JSON, or an answer with no choices. Every request is logged with the hash of
 its messages and its outcome, so a test can check that no prompt was answered successfully twice.
+
+Faults that only a test asks for (``faults=...``): ``trickle`` (a valid answer sent one byte every
+``trickle_seconds``, so no single read ever times out), ``html`` (a 200 web page) and ``text`` (a 200 plain text).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("429", "500", "slow", "drop", "malformed", "empty_choices")
+EXTRA_FAULTS = ("trickle", "html", "text")
+HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body><form>...</form></body></html>"
 
 
 def messages_hash(messages: list[dict]) -> str:
@@ -54,7 +59,10 @@ class FaultServer:
         error_body: dict | None = None,
         finish_reason: str = "stop",
         reply: str | None = None,
+        trickle_seconds: float = 0.2,
+        numbered: bool = False,
     ):
+        """``numbered`` appends `` #<k>`` to the k-th successful answer, so that every answer is different."""
         self.latency, self.fault_rate, self.faults = latency, fault_rate, faults
         self.slow_seconds, self.retry_after, self.status = slow_seconds, retry_after, status
         self.fault_first, self.error_body, self.finish_reason, self.reply = (
@@ -63,6 +71,8 @@ class FaultServer:
             finish_reason,
             reply,
         )
+        self.trickle_seconds, self.numbered = trickle_seconds, numbered
+        self._answers = 0
         self.log: list[LogEntry] = []
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -137,6 +147,11 @@ class FaultServer:
         with self._lock:
             self.log.append(entry)
 
+    def _number(self) -> int:
+        with self._lock:
+            self._answers += 1
+            return self._answers
+
 
 class _Handler(BaseHTTPRequestHandler):
     owner: FaultServer
@@ -178,6 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(owner.latency)
         if outcome == "ok":
             text = owner.reply if owner.reply is not None else f"answer: {messages[-1]['content']}"
+            if owner.numbered:
+                text += f" #{owner._number()}"
             max_tokens = body.get("max_tokens")
             words = text.split(" ")
             finish = owner.finish_reason
@@ -229,6 +246,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._raw(200, b'{"choices": [{"message": ')
         elif outcome == "empty_choices":
             self._json(200, {"id": "x", "choices": []})
+        elif outcome == "trickle":
+            choice = {"index": 0, "message": {"role": "assistant", "content": "late"}, "finish_reason": "stop"}
+            self._trickle(json.dumps({"choices": [choice]}).encode(), owner.trickle_seconds)
+        elif outcome == "html":
+            self._raw(200, HTML_PAGE, content_type="text/html; charset=utf-8")
+        elif outcome == "text":
+            self._raw(200, b"Service is running. See /docs for the API.", content_type="text/plain")
         elif outcome.startswith("status_"):
             status = int(outcome.split("_")[1])
             self._json(status, owner.error_body or {"error": {"message": f"status {status}", "code": str(status)}})
@@ -236,16 +260,30 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, data: dict, headers: dict | None = None) -> None:
         self._raw(status, json.dumps(data).encode(), headers)
 
-    def _raw(self, status: int, payload: bytes, headers: dict | None = None) -> None:
+    def _raw(
+        self, status: int, payload: bytes, headers: dict | None = None, content_type: str = "application/json"
+    ) -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _trickle(self, payload: bytes, interval: float) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            for index in range(len(payload)):
+                self.wfile.write(payload[index : index + 1])
+                time.sleep(interval)
+        except OSError:  # the client gave up
             pass
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import time
 
 import httpx
 import pytest
 from fault_server import FaultServer
 
-from gad.api.client import ChatClient, RequestFailed, TokenBucket, parse_retry_after
+from gad.api.client import ChatClient, RequestFailed, TokenBucket, api_key_for, parse_retry_after
+from gad.errors import GadError
 from gad.serve import free_port
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -149,3 +151,65 @@ def test_parse_retry_after_forms():
     assert 25 <= parse_retry_after(httpx.Headers({"Retry-After": date})) <= 31
     assert parse_retry_after(httpx.Headers({})) is None
     assert parse_retry_after(httpx.Headers({"Retry-After": "soon"})) is None
+
+
+# ---- reliability: whole-request timeout, pages instead of JSON, where the API key goes ----
+
+
+def test_timeout_bounds_the_whole_request_against_a_trickling_server():
+    # A byte every 0.2 s never trips a per-read timeout of 1 s; the whole answer would take about 20 s.
+    with FaultServer(fault_first=True, faults=("trickle",), trickle_seconds=0.2) as server:
+        started = time.monotonic()
+        result, stats = complete(server.base_url, timeout=1.0)
+        elapsed = time.monotonic() - started
+    assert elapsed < 5, elapsed
+    assert result.text == "answer: hello" and result.attempts == 2
+    assert [entry.outcome for entry in server.log] == ["trickle", "ok"]
+    assert stats.errors == {"timeout": 1}
+
+
+@pytest.mark.parametrize(("page", "kind"), [("html", "HTML"), ("text", "text")])
+def test_a_page_instead_of_json_fails_for_good_after_one_retry(page, kind):
+    with FaultServer(fault_rate=1.0, faults=(page,)) as server:
+        with pytest.raises(RequestFailed) as caught:
+            complete(server.base_url, max_retries=6)
+    failure = caught.value
+    assert len(server.log) == 2 and failure.attempts == 2
+    assert failure.reason == "not_json" and failure.fatal and not failure.transient
+    assert f"the endpoint returned {kind}, not JSON: check --base-url" in str(failure)
+
+
+def test_a_single_page_instead_of_json_is_retried():
+    with FaultServer(fault_first=True, faults=("html",)) as server:
+        result, stats = complete(server.base_url)
+    assert result.text == "answer: hello" and result.attempts == 2
+    assert stats.errors == {"not_json": 1}
+
+
+def test_api_key_for_sends_the_default_key_to_https_only(monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-default-123")
+    assert api_key_for("https://api.openai.com/v1", None) == "sk-default-123"
+    caplog.set_level(logging.INFO, logger="gad.api.client")
+    assert api_key_for("http://user:pw@127.0.0.1:8000/v1", None) is None
+    assert len(caplog.records) == 1 and caplog.records[0].levelno == logging.INFO
+    message = caplog.records[0].getMessage()
+    assert "not sending $OPENAI_API_KEY to 127.0.0.1:8000" in message
+    assert "sk-default" not in message and "pw" not in message
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert api_key_for("https://api.openai.com/v1", None) is None
+
+
+def test_api_key_for_uses_a_named_variable_everywhere_and_requires_it(monkeypatch):
+    monkeypatch.setenv("MY_TEACHER_KEY", "sk-mine")
+    assert api_key_for("http://127.0.0.1:8000/v1", "MY_TEACHER_KEY") == "sk-mine"
+    assert api_key_for("https://api.openai.com/v1", "MY_TEACHER_KEY") == "sk-mine"
+    monkeypatch.delenv("MY_TEACHER_KEY")
+    with pytest.raises(GadError, match="MY_TEACHER_KEY"):
+        api_key_for("https://api.openai.com/v1", "MY_TEACHER_KEY")
+
+
+def test_plain_http_endpoint_gets_no_default_key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-default-123")
+    with FaultServer() as server:
+        complete(server.base_url, api_key=api_key_for(server.base_url, None))
+    assert [entry.authorization for entry in server.log] == [None]

@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import json
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gad.collect.collector import MAX_ANSWER_CHARS
 from gad.data import (
+    MAX_PROMPT_ROW_CHARS,
+    MAX_TRAINING_ROW_CHARS,
     ROLES,
     LoadReport,
     TrainingRow,
@@ -751,3 +755,156 @@ def test_an_answer_cut_by_the_teachers_token_limit_is_unfinished(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     loaded, _ = load_training_rows(path)
     assert [r.finished for r in loaded] == [True, False, False, True]
+
+
+# ------------------------------------------------------------------------------------------ encodings and sizes
+
+LATIN1_RECORDS = [{"prompt": "plain", "response": "ok"}, {"prompt": "café", "response": "crème"}]
+
+
+def write_latin1(path: Path) -> Path:
+    """The same rows in every format, encoded as Latin-1 (the non-ASCII row is line 2, or line 3 with a CSV header)."""
+    if path.suffix == ".csv":
+        text = "prompt,response\n" + "".join(f"{r['prompt']},{r['response']}\n" for r in LATIN1_RECORDS)
+    elif path.suffix == ".json":
+        text = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in LATIN1_RECORDS) + "\n]\n"
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in LATIN1_RECORDS)
+    path.write_bytes(text.encode("latin-1"))
+    return path
+
+
+@pytest.mark.parametrize("skip_bad_rows", [False, True])
+@pytest.mark.parametrize(("suffix", "where"), [(".jsonl", "line 2"), (".json", "line 3"), (".csv", "line 3")])
+def test_a_latin1_file_is_one_error_naming_line_and_byte(tmp_path, suffix, where, skip_bad_rows):
+    path = write_latin1(tmp_path / f"t{suffix}")
+    for load in (load_training_rows, load_prompts):
+        with pytest.raises(DataError) as info:
+            load(path, skip_bad_rows=skip_bad_rows)
+        assert_located(info.value, path, where, None)
+        assert "not UTF-8: byte 0xe9; re-save the file as UTF-8" in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".json"])
+def test_a_utf16_file_says_so(tmp_path, suffix):
+    path = tmp_path / f"t{suffix}"
+    text = {".csv": "prompt,response\nhi,ok\n", ".json": json.dumps([GOOD])}.get(suffix, json.dumps(GOOD) + "\n")
+    path.write_text(text, encoding="utf-16")
+    with pytest.raises(DataError, match=r"not UTF-8: byte 0xff \(the file looks like UTF-16\)") as info:
+        load_training_rows(path, skip_bad_rows=True)
+    assert_located(info.value, path, "line 1", None)
+
+
+def test_excel_csv_utf8_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_text("id,prompt\r\nq1,Bonjour à tous\r\n", encoding="utf-8-sig")  # what Excel's "CSV UTF-8" writes
+    rows, _ = load_prompts(path)
+    assert [(r.id, r.messages) for r in rows] == [("q1", [{"role": "user", "content": "Bonjour à tous"}])]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_json_files_with_a_byte_order_mark(tmp_path, suffix):
+    path = tmp_path / f"t{suffix}"
+    path.write_text(json.dumps([GOOD]) if suffix == ".json" else json.dumps(GOOD) + "\n", encoding="utf-8-sig")
+    rows, _ = load_training_rows(path)
+    assert as_pairs(rows) == [([{"role": "user", "content": "fine"}], "ok")]
+
+
+@PROPERTY_SETTINGS
+@given(st.lists(st.tuples(CSV_NON_BLANK, CSV_NON_BLANK), min_size=1, max_size=5), st.sampled_from([".jsonl", ".csv"]))
+def test_a_byte_order_mark_changes_nothing(pairs, suffix):
+    with _tmpdir() as folder:
+        path = Path(folder) / f"t{suffix}"
+        if suffix == ".csv":
+            write_csv(path, ["prompt", "response"], [list(pair) for pair in pairs])
+        else:
+            write_jsonl(path, [{"prompt": p, "response": r} for p, r in pairs])
+        plain = as_pairs(load_training_rows(path)[0])
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        with_bom = as_pairs(load_training_rows(path)[0])
+    assert with_bom == plain == [([{"role": "user", "content": p}], r) for p, r in pairs]
+
+
+ASCII_WORD = st.text(alphabet=st.characters(min_codepoint=0x61, max_codepoint=0x7A), min_size=1, max_size=12)
+LATIN1_ONLY = st.characters(min_codepoint=0xA0, max_codepoint=0xFF)
+
+
+@PROPERTY_SETTINGS
+@given(
+    words=st.lists(ASCII_WORD, min_size=1, max_size=6),
+    data=st.data(),
+    accent=LATIN1_ONLY,
+    suffix=st.sampled_from([".jsonl", ".csv"]),
+)
+def test_the_first_byte_that_is_not_utf8_is_reported_with_its_line(words, data, accent, suffix):
+    """Whatever the rows, a Latin-1 character is one DataError naming its line and byte, never a decoding traceback."""
+    bad = data.draw(st.integers(0, len(words) - 1))
+    prompts = [w + accent if i == bad else w for i, w in enumerate(words)]
+    header = "prompt,response\n" if suffix == ".csv" else ""
+    lines = [
+        f"{p},ok" if suffix == ".csv" else json.dumps({"prompt": p, "response": "ok"}, ensure_ascii=False)
+        for p in prompts
+    ]
+    with _tmpdir() as folder:
+        path = Path(folder) / f"t{suffix}"
+        path.write_bytes((header + "\n".join(lines) + "\n").encode("latin-1"))
+        with pytest.raises(DataError) as info:
+            load_training_rows(path, skip_bad_rows=True)
+    assert info.value.where == f"line {bad + 1 + bool(header)}"
+    assert f"byte 0x{ord(accent):02x}" in str(info.value) and str(path) in str(info.value)
+
+
+def write_rows(path: Path, records: list[dict]) -> Path:
+    if path.suffix == ".parquet":
+        return write_parquet(path, records)
+    if path.suffix == ".csv":
+        return write_csv(path, list(records[0]), [list(r.values()) for r in records])
+    if path.suffix == ".json":
+        path.write_text(json.dumps(records), encoding="utf-8")
+        return path
+    return write_jsonl(path, records)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "where"), [(".jsonl", "line 3"), (".csv", "line 4"), (".json", "row 3"), (".parquet", "row 3")]
+)
+def test_a_row_over_the_size_limit_is_a_bad_row(tmp_path, suffix, where):
+    records = [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "x" * 5000}, {"prompt": "d"}]
+    path = write_rows(tmp_path / f"p{suffix}", records)
+    with pytest.raises(DataError, match="over the limit of 1,000 characters|over the limit of 1,000 \\(") as info:
+        load_prompts(path, max_row_chars=1000)
+    assert_located(info.value, path, where, None)
+    assert "max_row_chars" in str(info.value)
+    rows, report = load_prompts(path, max_row_chars=1000, skip_bad_rows=True)
+    assert [r.messages[0]["content"] for r in rows] == ["a", "b", "d"]
+    assert (report.rows_read, report.rows_kept, len(report.skipped)) == (4, 3, 1)
+    assert len(load_prompts(path, max_row_chars=None)[0]) == 4
+
+
+def test_default_row_limits_fit_prompts_and_collected_answers(tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"prompt": "p" * (MAX_PROMPT_ROW_CHARS + 1), "response": "r" * 10}])
+    with pytest.raises(DataError, match="max_row_chars"):
+        load_prompts(path)
+    assert len(load_training_rows(path)[0]) == 1  # a training row also holds an answer: its limit is larger
+    assert MAX_TRAINING_ROW_CHARS >= 2 * MAX_PROMPT_ROW_CHARS + MAX_ANSWER_CHARS
+
+
+def test_a_csv_field_longer_than_the_csv_modules_own_limit_loads(tmp_path):
+    prompt = "word " * 40_000  # 200,000 characters: over csv's default 131,072-character field limit
+    path = write_csv(tmp_path / "p.csv", ["prompt"], [[prompt]])
+    rows, _ = load_prompts(path)
+    assert rows[0].messages[0]["content"] == prompt
+
+
+def test_an_oversize_jsonl_line_is_never_held_in_memory(tmp_path):
+    path = tmp_path / "p.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        handle.write('{"prompt": "a"}\n{"prompt": "' + "x" * 20_000_000 + '"}\n{"prompt": "c"}\n')
+    tracemalloc.start()
+    try:
+        rows, report = load_prompts(path, max_row_chars=1000, skip_bad_rows=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [r.messages[0]["content"] for r in rows] == ["a", "c"] and "20,000,0" in report.skipped[0]
+    assert peak < 2_000_000, peak

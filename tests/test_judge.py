@@ -224,13 +224,13 @@ def test_evaluate_caches_references_in_the_teacher_cache(tmp_path):
         second = evaluate([f"good={good}"], [str(prompts)], out_dir=tmp_path / "eval2", judge=config, progress=False)
         assert server.count("reference") == 4, "the second eval must not request references again"
     assert len(TeacherCache(cache)) == 4
-    result = first["results"]
+    result = first.results
     assert result["good"]["mini"]["judge_score"] == pytest.approx(60.0)
     assert result["bad"]["mini"]["judge_score"] == pytest.approx(100 / 3)
     assert result["teacher"]["mini"]["judge_score"] == pytest.approx(60.0)
-    assert second["results"]["good"]["mini"]["judge_score"] == pytest.approx(60.0)
-    assert second["judge"]["requests"]["reference"] == 0
-    pair = first["pairwise"][0]
+    assert second.results["good"]["mini"]["judge_score"] == pytest.approx(60.0)
+    assert second.judge["requests"]["reference"] == 0
+    pair = first.pairwise[0]
     assert (pair["first"], pair["second"], pair["win"], pair["loss"]) == ("good", "bad", 4, 0)
     on_disk = json.loads((tmp_path / "eval1" / "eval.json").read_text())
     assert on_disk["results"]["good"]["mini"]["judge_score"] == pytest.approx(60.0)

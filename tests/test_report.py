@@ -71,7 +71,7 @@ def test_report_tables_hold_measured_numbers_and_images_are_png(tmp_path):
     assert main(["report", str(run), "--out", str(tmp_path / "out" / "report.html")]) == 0
     page = (tmp_path / "out" / "report.html").read_text()
     markdown = (tmp_path / "out" / "report.md").read_text()
-    results = report["results"]
+    results = report.results
     for model in ("teacher", "seqkd", "gad"):
         measured = results[model]["mini"]
         for text in (
@@ -83,7 +83,7 @@ def test_report_tables_hold_measured_numbers_and_images_are_png(tmp_path):
         ):
             assert text in page and text in markdown
     assert fmt(100 / 3, 1) == "33.3" and "33.3" in page and "60.0" in page
-    pair = report["pairwise"][0]
+    pair = report.pairwise[0]
     assert (pair["win"], pair["tie"], pair["loss"]) == (3, 0, 0)
     assert re.search(r"<td>gad vs seqkd</td><td>mini</td><td>3</td><td>0</td><td>0</td><td>100.0</td>", page)
     # Answers are escaped, and shown side by side with the teacher's first.

@@ -110,8 +110,8 @@ def test_select_checkpoint_end_to_end_with_a_judge(tiny_run, tmp_path):
     report = json.loads((stage / "selection-eval" / "eval.json").read_text())
     scores = {name: report["results"][name]["prompts"]["judge_score"] for name in ("checkpoint-10", "checkpoint-20")}
     expected = max(scores, key=lambda k: (scores[k], -int(k.split("-")[1])))
-    assert selection["chosen"] == expected
-    assert [c["score"] for c in selection["candidates"]] == pytest.approx(
+    assert selection.chosen == expected
+    assert [c["score"] for c in selection.candidates] == pytest.approx(
         [scores["checkpoint-10"], scores["checkpoint-20"]]
     )
     best = stage / "best"

@@ -9,8 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gad.errors import GadError
-from gad.evaluation.evaluate import JUDGE_PREFIX, GenerationConfig, JudgeConfig
+from gad.evaluation.evaluate import JUDGE_PREFIX, GenerationConfig, JudgeConfig, evaluate
 from gad.evaluation.results import EVAL_FILE, EvalResults
+from gad.evaluation.selection import select_checkpoint
 from gad.options import add_dataclass_arguments, dataclass_from_args
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,6 @@ def _judge_config(args: argparse.Namespace, out: Path) -> JudgeConfig | None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from gad.evaluation.evaluate import evaluate
-    from gad.evaluation.selection import select_checkpoint
-
     sets = [s.strip() for item in (args.prompts or ["vicuna80"]) for s in item.split(",") if s.strip()]
     generation = dataclass_from_args(GenerationConfig, args)
     if args.select is not None:

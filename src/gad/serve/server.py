@@ -12,26 +12,37 @@ accounting are theirs and kept up to date. We only add, around their FastAPI app
   exposed, and, when an API key is set, requests without ``Authorization: Bearer <key>`` get 401.
 
 It binds to 127.0.0.1 unless ``--host`` says otherwise, and then an API key (from an environment variable) is required.
+Concurrent requests are generated in batches (:mod:`gad.serve.batching`; ``--no-batching`` for one at a time). On
+SIGTERM or SIGINT it exits within about a second, even in the middle of a generation (uvicorn alone would wait for it).
 For tests and the demo, :class:`TeacherServer` runs it in a subprocess and waits until it answers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import logging
 import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from gad.errors import GadError
-from gad.models import SMOLLM2_ALIAS, resolve_model_id
+from gad.models import SMOLLM2_ALIAS, resolve_model, resolve_model_id
 
 logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 EXPOSED_PATHS = frozenset({"/health", "/v1/models", "/v1/chat/completions"})
+# After SIGTERM / SIGINT, how long uvicorn may take to shut down gracefully before the process exits anyway.
+EXIT_GRACE_S = 0.5
+# How often the server checks that the process that started it (--parent-pid) is still there.
+PARENT_POLL_S = 1.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL_FOLDER", help=f"model folder, .gguf file or '{SMOLLM2_ALIAS}'")
+    parser.add_argument(
+        "model", metavar="MODEL_FOLDER", help=f"model folder, .gguf file, '{SMOLLM2_ALIAS}' or a builtin: model"
+    )
     parser.add_argument("--system", default=None, help="hidden system prompt prepended to every conversation")
     parser.add_argument("--system-file", type=Path, default=None, help="read the hidden system prompt from a file")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
@@ -62,6 +75,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="model dtype (default: from the weights)")
     parser.add_argument("--seed", type=int, default=None, help="default torch seed")
     parser.add_argument("--log-level", default="warning", help="transformers log level (default warning)")
+    parser.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="generate concurrent requests together in batches (default on); --no-batching: one at a time",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for generation (default: torch's, one per core); one generation runs at a time",
+    )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="exit when the process that started this one (PID, the parent) is gone",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         seed=args.seed,
         log_level=args.log_level,
+        batching=args.batching,
+        threads=args.threads,
+        parent_pid=args.parent_pid,
     )
     return 0
 
@@ -95,6 +130,11 @@ def merge_system(messages: list[dict[str, Any]], system: str) -> list[dict[str, 
     if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
         return [{"role": "system", "content": f"{system}\n\n{messages[0]['content']}"}, *messages[1:]]
     return [{"role": "system", "content": system}, *messages]
+
+
+def model_folder(model: str | Path) -> str:
+    """The folder to serve: a model folder, a ``.gguf`` file or ``smollm2`` (converted once), or a ``builtin:`` name."""
+    return resolve_model_id(resolve_model(str(model)))
 
 
 def serve_teacher(
@@ -108,6 +148,9 @@ def serve_teacher(
     dtype: str = "auto",
     seed: int | None = None,
     log_level: str = "warning",
+    batching: bool = True,
+    threads: int | None = None,
+    parent_pid: int | None = None,
 ) -> None:
     """Serve ``model`` until interrupted (blocking). Refuses a non-loopback ``host`` without ``api_key``."""
     if host not in LOOPBACK_HOSTS and not api_key:
@@ -115,11 +158,13 @@ def serve_teacher(
             f"--host {host} exposes the teacher beyond this machine; set an API key with "
             "--api-key-env VAR (clients then send it as a bearer token)"
         )
-    model_id = resolve_model_id(model)
+    model_id = model_folder(model)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizing runs beside generation: keep it to one core
     try:
         import openai  # noqa: F401  (transformers serve builds its answers with the openai types)
+        import uvicorn
         from transformers.cli import serve as serve_module
         from transformers.cli.serving import server as server_module
     except ImportError as error:
@@ -127,20 +172,39 @@ def serve_teacher(
             f"serve-teacher needs the serving extras ({error.name} is missing); run "
             "`pip install fastapi uvicorn openai`"
         ) from None
+    if threads is not None:
+        from gad.runtime import use_threads
+
+        use_threads(threads)
+    if parent_pid is not None:
+        _watch_parent(parent_pid)
 
     original_build = server_module.build_server
 
     def build_server(model_manager: Any, chat_handler: Any, *rest: Any, **kwargs: Any) -> Any:
-        _adapt_chat_handler(chat_handler, model_id, system)
+        batcher = None
+        if batching:
+            from gad.serve import batching as batching_module
+
+            batcher = batching_module.install(chat_handler.generation_state)
+        _adapt_chat_handler(chat_handler, model_id, system, batcher)
         app = original_build(model_manager, chat_handler, *rest, **kwargs)
         _guard(app, api_key)
         return app
 
-    server_module.build_server = build_server  # Serve() looks it up at call time
-    try:
-        logger.info(
-            "serving %s on http://%s:%d/v1%s", model_id, host, port, " with a hidden system prompt" * bool(system)
-        )
+    logger.info(
+        "serving %s on http://%s:%d/v1%s%s",
+        model_id,
+        host,
+        port,
+        " with a hidden system prompt" * bool(system),
+        "" if batching else " (no batching)",
+    )
+    # Serve() looks both up at call time; they are restored afterwards, for a caller that goes on (tests).
+    with (
+        _patched(server_module, "build_server", build_server),
+        _patched(uvicorn.Server, "handle_exit", _exit_promptly(uvicorn.Server.handle_exit)),
+    ):
         serve_module.Serve(
             force_model=model_id,
             host=host,
@@ -150,12 +214,54 @@ def serve_teacher(
             default_seed=seed,
             log_level=log_level,
         )
+
+
+@contextlib.contextmanager
+def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
     finally:
-        server_module.build_server = original_build
+        setattr(owner, name, original)
 
 
-def _adapt_chat_handler(handler: Any, model_id: str, system: str | None) -> None:
-    """Wrap the chat handler: pinned model name, hidden system prompt, OpenAI sampling semantics, no ``n > 1``."""
+def _exit_promptly(handle_exit: Any) -> Any:
+    """Wrap uvicorn's signal handler: its graceful shutdown waits for the generation in flight (seconds, minutes);
+    the process exits :data:`EXIT_GRACE_S` after the signal whatever uvicorn is still waiting for."""
+
+    def exit_soon(server: Any, sig: int, frame: Any) -> None:
+        handle_exit(server, sig, frame)
+        timer = threading.Timer(EXIT_GRACE_S, _hard_exit, args=(128 + sig,))
+        timer.daemon = True
+        timer.start()
+
+    return exit_soon
+
+
+def _hard_exit(status: int) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Stop (through SIGTERM, as ``kill`` would) once the parent is gone, even if it died by SIGKILL and could not
+    stop us: the server is then re-parented, so ``getppid`` changes."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        logger.warning("the process that started this server (%d) is gone; stopping", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="gad-parent-watch", daemon=True).start()
+
+
+def _adapt_chat_handler(handler: Any, model_id: str, system: str | None, batcher: Any = None) -> None:
+    """Wrap the chat handler: pinned model name, hidden system prompt, OpenAI sampling semantics, no ``n > 1``;
+    with ``batcher`` (a :class:`gad.serve.batching.BatchedGenerateManager`), hand it each request's seed."""
     from fastapi import HTTPException
 
     handle_request = handler.handle_request
@@ -170,7 +276,13 @@ def _adapt_chat_handler(handler: Any, model_id: str, system: str | None) -> None
         body["model"] = model_id
         if system:
             body["messages"] = merge_system(body["messages"], system)
-        return await handle_request(body, request_id)
+        if batcher is None:
+            return await handle_request(body, request_id)
+        batcher.seeds[request_id] = body.get("seed")
+        try:
+            return await handle_request(body, request_id)
+        finally:
+            batcher.seeds.pop(request_id, None)
 
     def generation_config(body: dict, model_generation_config: Any, use_cb: bool = False) -> Any:
         config = build_generation_config(body, model_generation_config, use_cb=use_cb)

@@ -65,31 +65,17 @@ def run_stage(
         return StageResult(stage, layout, skipped=True)
     checkpoint = _checkpoint_to_resume(layout, resume, overwrite)
 
-    # The student and its tokenizer (prompts are rendered with the student's chat template).
-    student = resolve_model(config.student)
-    require_model_folder(student, "student")
-    tokenizer = load_tokenizer(student)
-
-    # The teacher data, truncated to the configured lengths (counted, never dropped).
-    rows, report = load_training_rows(
-        config.train_file,
-        prompt_column=config.prompt_column,
-        response_column=config.response_column,
-        skip_bad_rows=config.skip_bad_rows,
-    )
-    logger.info(report.summary())
-    rows, lengths, truncation = truncate_rows(
-        rows, tokenizer, max_prompt_length=config.max_prompt_length, max_response_length=config.max_completion_length
-    )
+    data = load_stage_data(config)
 
     layout.root.mkdir(parents=True, exist_ok=True)
-    write_config(layout.config, stage, config, data={**vars(truncation), "skipped": report.skipped})
+    write_config(layout.config, stage, config, data=data.counts)
     own = [
         MetricsFile(layout.metrics, stage, resume_step=checkpoint_step(checkpoint) if checkpoint else None),
         NanGuard(),
         CheckpointMarker(),
     ]
-    trainer = build_trainer(stage, config, student, tokenizer, rows, lengths, [*own, *callbacks])
+    trainer = build_trainer(stage, config, data.student, data.tokenizer, data.rows, data.lengths, [*own, *callbacks])
+    tokenizer = data.tokenizer
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if trainer.accelerator.is_main_process:
@@ -101,6 +87,37 @@ def run_stage(
     trainer.accelerator.wait_for_everyone()
     logger.info("%s finished: student in %s", stage, layout.student)
     return StageResult(stage, layout, trainer.state.global_step, list(trainer.state.log_history))
+
+
+@dataclass
+class StageData:
+    """A stage's inputs: the student folder, its tokenizer, and the teacher data truncated to the configured lengths
+    (``counts``: what was truncated or skipped, recorded in config.yaml)."""
+
+    student: str
+    tokenizer: Any
+    rows: list
+    lengths: list
+    counts: dict[str, Any]
+
+
+def load_stage_data(config: SeqKDConfig | GADConfig) -> StageData:
+    """The student and its tokenizer (prompts are rendered with the student's chat template), and the teacher data,
+    truncated to the configured lengths (counted, never dropped)."""
+    student = resolve_model(config.student)
+    require_model_folder(student, "student")
+    tokenizer = load_tokenizer(student)
+    rows, report = load_training_rows(
+        config.train_file,
+        prompt_column=config.prompt_column,
+        response_column=config.response_column,
+        skip_bad_rows=config.skip_bad_rows,
+    )
+    logger.info(report.summary())
+    rows, lengths, truncation = truncate_rows(
+        rows, tokenizer, max_prompt_length=config.max_prompt_length, max_response_length=config.max_completion_length
+    )
+    return StageData(student, tokenizer, rows, lengths, {**vars(truncation), "skipped": report.skipped})
 
 
 def build_trainer(stage: str, config, student: str, tokenizer, rows, lengths, callbacks=()):
