@@ -16,6 +16,68 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Every process a test starts inherits this marker, so one that outlives its parent (re-parented to init) is still
+# known to be ours, and processes of other pytest sessions running at the same time are not.
+SESSION_MARKER = "GAD_TEST_SESSION"
+# Python's own helper processes, which end with the interpreter that started them.
+HELPER_COMMANDS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _session_processes(marker: str) -> list:
+    """Live processes started from this session: descendants of pytest, and anything carrying the session marker."""
+    import psutil
+
+    me = psutil.Process()
+    found = {child.pid: child for child in me.children(recursive=True)}
+    for process in psutil.process_iter():
+        if process.pid in found or process.pid == me.pid:
+            continue
+        try:
+            if process.environ().get(SESSION_MARKER) == marker:
+                found[process.pid] = process
+        except (psutil.Error, OSError):  # gone meanwhile, or not ours to read
+            continue
+    alive = []
+    for process in found.values():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and not any(
+                helper in " ".join(process.cmdline()) for helper in HELPER_COMMANDS
+            ):
+                alive.append(process)
+        except psutil.Error:
+            continue
+    return alive
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_processes():
+    """Fail the session if a process started by a test (a teacher server, a fault server) is still running at the end.
+
+    Processes running before the first test (pytest's own helpers, if any) are ignored. Leftovers get a few seconds to
+    finish exiting, then they are killed (so they do not outlive the run) and the session fails with their commands.
+    """
+    import uuid
+
+    import psutil
+
+    marker = os.environ[SESSION_MARKER] = uuid.uuid4().hex
+    before = {process.pid for process in _session_processes(marker)}
+    yield
+    leftovers = [process for process in _session_processes(marker) if process.pid not in before]
+    _gone, alive = psutil.wait_procs(leftovers, timeout=3)
+    if not alive:
+        return
+    described = []
+    for process in alive:
+        try:
+            described.append(f"{process.pid}: {' '.join(process.cmdline())[:200]}")
+            process.kill()
+        except psutil.Error:
+            continue
+    if described:
+        pytest.fail("processes started by the tests are still running:\n" + "\n".join(described), pytrace=False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def gad_cache_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("gad-cache")

@@ -354,3 +354,116 @@ def test_bad_options_are_one_line(tmp_path, capsys, bad):
     prompts = write_prompts(tmp_path / "prompts.jsonl", 1)
     assert main(collect_args(prompts, tmp_path / "out.jsonl", "http://127.0.0.1:9/v1", *bad)) == 2
     error_line(capsys)
+
+
+# ---- reliability: paying once, one run per output, pages instead of JSON, encodings, sizes ----
+
+
+def test_kept_duplicates_each_get_their_own_answer_and_a_rerun_pays_nothing(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [{"id": "a", "prompt": "same"}, {"id": "b", "prompt": "same"}, {"id": "c", "prompt": "other"}]
+    prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out.jsonl"
+    with FaultServer(numbered=True) as server:
+        first = collect(config(prompts, out, server.base_url, dedupe=False, n=2))
+        rows = read_jsonl(out)
+        again = collect(config(prompts, out, server.base_url, dedupe=False, n=2))
+        assert len(server.log) == 6  # the rerun asked for nothing
+        deduped = collect(
+            config(
+                prompts, tmp_path / "deduped.jsonl", server.base_url, n=2, cache=out.parent / "out.jsonl.cache.sqlite"
+            )
+        )
+    assert first.answered == 6 and first.rows_written == 6
+    assert [row["id"] for row in rows] == ["a#0", "a#1", "b#0", "b#1", "c#0", "c#1"]
+    answers = [row["teacher_response"] for row in rows]
+    assert len(set(answers)) == 6  # every copy paid for has an answer of its own in the output
+    assert again.answered == 0 and again.from_cache == 6 and read_jsonl(out) == rows
+    assert deduped.answered == 0 and deduped.rows_written == 4  # the first copy's answers are the de-duplicated ones
+    assert len(server.log) == 6
+
+
+def start_collect(prompts: Path, out: Path, url: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = gad_command(*collect_args(prompts, out, url, "--concurrency", "1", *extra))
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for_requests(server: FaultServer, process: subprocess.Popen, count: int = 1) -> None:
+    deadline = time.monotonic() + 30
+    while len(server.log) < count and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(server.log) >= count, "the first run sent nothing"
+
+
+@pytest.mark.parametrize("shared", ["output", "cache"])
+def test_a_second_run_on_the_same_files_stops_at_once_naming_the_first(tmp_path, capsys, shared):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 8)
+    out = tmp_path / "out.jsonl"
+    second = (
+        ["--cache", str(tmp_path / "other.sqlite")] if shared == "output" else ["--cache", str(out) + ".cache.sqlite"]
+    )
+    second_out = out if shared == "output" else tmp_path / "second.jsonl"
+    with FaultServer(latency=0.15) as server:
+        process = start_collect(prompts, out, server.base_url)
+        try:
+            wait_for_requests(server, process)
+            code = main(collect_args(prompts, second_out, server.base_url, *second))
+        finally:
+            first = process.wait(timeout=60)
+        requests = len(server.log)
+        after = main(collect_args(prompts, out, server.base_url))
+    assert code == 2 and first == 0
+    line = error_line(capsys)
+    assert f"pid {process.pid}" in line and "in use by another gad collect" in line
+    assert requests == 8 and set(server.successes().values()) == {1}  # the second run asked for nothing
+    assert after == 0 and len(server.log) == 8  # once the first is done, a rerun works and finds it all cached
+    assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_an_html_endpoint_stops_the_run_with_one_line(tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 5)
+    with FaultServer(fault_rate=1.0, faults=("html",)) as server:
+        code = main(collect_args(prompts, tmp_path / "out.jsonl", server.base_url, "--concurrency", "1"))
+        assert len(server.log) <= 4  # two attempts for at most the two prompts in flight, not 9 for each prompt
+    assert code == 2
+    line = error_line(capsys)
+    assert "the endpoint returned HTML, not JSON: check --base-url" in line and "rerun the same command" not in line
+
+
+@pytest.mark.parametrize("extra", [[], ["--skip-bad-rows"]])
+def test_a_latin1_prompt_file_is_one_line(tmp_path, capsys, extra):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes('{"prompt": "plain"}\n{"prompt": "café"}\n'.encode("latin-1"))
+    assert main(collect_args(prompts, tmp_path / "out.jsonl", "http://127.0.0.1:9/v1", *extra)) == 2
+    line = error_line(capsys)
+    assert f"{prompts}, line 2: not UTF-8: byte 0xe9; re-save the file as UTF-8" in line
+
+
+def test_an_oversize_answer_is_dropped_counted_and_not_paid_for_again(tmp_path, capsys):
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    with FaultServer(reply="word " * 400) as server:  # 2,000 characters
+        summary = collect(config(prompts, out, server.base_url, max_answer_chars=1000))
+        again = collect(config(prompts, out, server.base_url, max_answer_chars=1000))
+        assert len(server.log) == 3
+        assert main(collect_args(prompts, out, server.base_url, "--max-answer-chars", "1000")) == 0
+        assert "dropped: too long 3" in capsys.readouterr().out
+        larger = collect(config(prompts, out, server.base_url, retry_failed=True))
+    assert summary.answered == 3 and summary.dropped == {"too long": 3} and summary.rows_written == 0
+    assert summary.tokens_out == 3 * 400  # paid for, so counted
+    assert again.answered == 0 and again.dropped == {"too long": 3} and not again.failed
+    assert not sqlite3.connect(out.parent / "out.jsonl.cache.sqlite").execute("SELECT * FROM answers").fetchall() == []
+    assert larger.answered == 3 and larger.rows_written == 3 and len(server.log) == 6
+    assert collect(config(prompts, out, server.base_url, max_answer_chars=1000)).dropped == {"too long": 3}
+
+
+def test_an_oversize_prompt_row_is_a_bad_row(tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "short"}) + "\n" + json.dumps({"prompt": "long " * 100}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert main(collect_args(prompts, out, "http://127.0.0.1:9/v1", "--max-row-chars", "200")) == 2
+    assert "line 2: the row is 515 characters, over the limit of 200" in error_line(capsys)
+    with FaultServer() as server:
+        assert main(collect_args(prompts, out, server.base_url, "--max-row-chars", "200", "--skip-bad-rows")) == 0
+    assert "bad row 1" in capsys.readouterr().out and len(server.log) == 1

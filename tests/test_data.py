@@ -871,7 +871,7 @@ def write_rows(path: Path, records: list[dict]) -> Path:
 def test_a_row_over_the_size_limit_is_a_bad_row(tmp_path, suffix, where):
     records = [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "x" * 5000}, {"prompt": "d"}]
     path = write_rows(tmp_path / f"p{suffix}", records)
-    with pytest.raises(DataError, match="over the limit of 1,000 characters|over the limit of 1,000 \\(") as info:
+    with pytest.raises(DataError, match="over the limit of 1,000 ") as info:
         load_prompts(path, max_row_chars=1000)
     assert_located(info.value, path, where, None)
     assert "max_row_chars" in str(info.value)

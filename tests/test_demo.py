@@ -13,7 +13,6 @@ from gad.demo.summary import goal_checks
 from gad.errors import GadError
 from gad.metrics import style_pass
 from gad.models import first_layers
-from gad.runtime import pick_threads
 from gad.training.recipe import resolve_stage
 
 
@@ -44,15 +43,6 @@ def test_persona_check():
     assert not style_pass("Paris is the capital. Ahoy, matey!", "Ahoy", "matey")
     assert not style_pass("Ahoy! Paris.", "Ahoy", "matey")
     assert style_pass("anything", None, None)
-
-
-def test_threads_option():
-    assert pick_threads("3") == 3
-    assert 1 <= pick_threads("auto") <= (__import__("os").cpu_count() or 1)
-    with pytest.raises(GadError, match="threads"):
-        pick_threads("0")
-    with pytest.raises(GadError, match="threads"):
-        pick_threads("many")
 
 
 def test_goal_checks_compare_gad_with_the_initial_student():

@@ -393,3 +393,35 @@ def test_valid_choices_are_accepted(base):
     (Path(base["run_dir"]) / "warmup").mkdir(parents=True)
     config = resolve_stage(recipe, "gad")
     assert (config.discriminator_loss, config.student_objective) == ("cross_entropy", "teacher_sft")
+
+
+# ------------------------------------------------------------------------------------------------ relative paths
+
+
+def test_relative_paths_resolve_against_the_recipe_folder_first(tmp_path, monkeypatch):
+    folder = tmp_path / "recipes"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "train.jsonl").write_text('{"prompt": "p", "teacher_response": "r"}\n')
+    recipe_file = folder / "mine.yaml"
+    recipe_file.write_text("student: builtin:tiny-llama\ntrain_file: data/train.jsonl\nrun_dir: runs/x\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = resolve_stage(load_recipe(recipe_file), "seqkd", source=str(recipe_file))
+    assert Path(config.train_file) == folder / "data" / "train.jsonl"  # found beside the recipe
+    assert config.output_dir == str(Path("runs/x/seqkd"))  # not there: relative to the working directory
+    assert config.recipe_paths == {"train_file": "recipe folder", "run_dir": "working directory"}
+    assert config.student == "builtin:tiny-llama"
+    # the command line is relative to the working directory, whatever the recipe's folder holds
+    config = resolve_stage(
+        load_recipe(recipe_file), "seqkd", {"train_file": "data/train.jsonl"}, source=str(recipe_file)
+    )
+    assert config.train_file == "data/train.jsonl"
+
+
+def test_shipped_recipes_run_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    for name in ("tiny-cpu.yaml", "laptop.yaml"):
+        config = resolve_stage(load_recipe(recipes / name), "seqkd", {"run_dir": "r"}, source=str(recipes / name))
+        assert Path(config.train_file).is_file(), name

@@ -41,7 +41,7 @@ def rouge_l(candidate: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-# --- Judge-free evaluation metrics (gad.md §5.6: n-gram overlap with the teacher, diversity, length) ---------------
+# --- Judge-free evaluation metrics, as in the paper's analyses: n-gram overlap with the teacher, diversity, length
 
 
 def ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:

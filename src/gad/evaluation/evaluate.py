@@ -170,8 +170,8 @@ def evaluate(
 
     ``teacher`` is an answer file or folder of the teacher's answers to the sets (``gad collect`` output): the
     judge-free metrics compare against it, and it gets its own row. Without it the set's ``reference`` answers
-    (see shared/data/README.md), then the judge's references, stand in. ``pairs`` are ``(first, second)`` model
-    names judged pairwise in both orders.
+    (see gad/resources/prompt_sets/README.md), then the judge's references, stand in. ``pairs`` are
+    ``(first, second)`` model names judged pairwise in both orders.
     """
     started = time.time()
     out = Path(out_dir)

@@ -1,7 +1,7 @@
 """Batched answer generation with a local Hugging Face model (the student, a checkpoint, or the tiny model).
 
-The paper evaluates with greedy decoding and up to 1,536 response tokens (gad.md §5.2), so greedy is the default.
-Prompts go through the tokenizer's chat template with the generation prompt, left-padded so that every row of a
+The paper evaluates with greedy decoding and up to 1,536 response tokens (arXiv:2511.10643, §3.1), so greedy is the
+default. Prompts go through the tokenizer's chat template with the generation prompt, left-padded so that every row of a
 batch ends where its answer begins. Answers are written as JSONL rows ``{"id", "prompt", "response"}`` that
 ``gad eval`` reads back as an answer file.
 """

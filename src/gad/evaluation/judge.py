@@ -1,4 +1,5 @@
-"""The paper's LLM-judge protocol (gad.md §5.2) and a pairwise win/tie/loss judge, over any OpenAI-compatible API.
+"""The paper's LLM-judge protocol (arXiv:2511.10643, §3.1) and a pairwise win/tie/loss judge, over any
+OpenAI-compatible API.
 
 Score protocol, after MiniLLM: the judge first writes its own *reference answer* to each prompt (cached in the same
 SQLite cache as teacher answers, so it is paid for once across evaluations and checkpoints), then rates the model's

@@ -2,8 +2,8 @@
 
 Why not the reward or the losses: in GAD the reward oscillates around zero by design (the discriminator keeps
 catching up), so it says nothing about progress; the authors pick "the checkpoint that achieved the highest GPT-4o
-score and whose response length is within an acceptable range" (gad.md §5.2, §6; LMOps issue #353). The length guard
-matters because a judge favours longer answers and a hacked reward shows up first as longer answers (§5.6).
+score and whose response length is within an acceptable range" (the GAD paper, arXiv:2511.10643, §3.1). The length guard
+matters because a judge favours longer answers and a hacked reward shows up first as longer answers.
 
 Rule: for every checkpoint, the mean over prompt sets of the judge score and of the length ratio (mean answer length
 over mean teacher length, in tokens). Candidates with ``min_length_ratio <= ratio <= max_length_ratio`` compete; the

@@ -3,7 +3,8 @@
 The server runs in its own process group, so stopping it stops everything it started. It is stopped (SIGTERM to the
 group, then SIGKILL after a grace period) when the ``with`` block ends, normally or by an exception, when the parent
 is interrupted (SIGINT, or SIGTERM through :func:`gad.runtime.stop_on_sigterm`), and at interpreter exit as a last
-resort (:mod:`atexit`).
+resort (:mod:`atexit`, also for a server started and never stopped). A parent killed outright (SIGKILL), which runs
+none of that, is noticed by the server itself (``--parent-pid``), which then exits within a couple of seconds.
 """
 
 from __future__ import annotations
@@ -16,16 +17,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
 from gad.errors import GadError
-from gad.models import resolve_model_id
-from gad.serve.server import LOOPBACK_HOSTS
+from gad.serve.server import LOOPBACK_HOSTS, model_folder
 
-# Servers started by this process and not yet stopped: the atexit fallback stops them.
-_RUNNING: weakref.WeakSet[TeacherServer] = weakref.WeakSet()
+# Servers started by this process and not yet stopped: the atexit fallback stops them. Strong references: a server
+# whose TeacherServer object was dropped without stop() still runs, and must still be stopped.
+_RUNNING: set[TeacherServer] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,6 +40,7 @@ class TeacherServer:
     ``port=0`` picks a free port. ``start()`` returns once ``/health`` answers (the model is loaded by then) and
     raises :class:`GadError` with the server's last log lines if it exits or does not come up within
     ``startup_timeout`` seconds. ``base_url`` ends in ``/v1``, ready for :class:`gad.collect.ChatClient`.
+    ``batching=False`` generates one request at a time (``--no-batching``); ``threads`` sets torch's thread count.
     """
 
     def __init__(
@@ -52,10 +53,13 @@ class TeacherServer:
         api_key_env: str | None = None,
         device: str = "cpu",
         seed: int | None = None,
+        batching: bool = True,
+        threads: int | None = None,
         startup_timeout: float = 300.0,
         log_path: str | Path | None = None,
     ):
         self.model, self.system, self.host, self.device, self.seed = model, system, host, device, seed
+        self.batching, self.threads = batching, threads
         self.port = port or free_port(host if host in LOOPBACK_HOSTS else "127.0.0.1")
         self.api_key_env, self.startup_timeout = api_key_env, startup_timeout
         self.log_path = Path(log_path) if log_path else None
@@ -69,6 +73,7 @@ class TeacherServer:
         return f"http://{host}:{self.port}/v1"
 
     def command(self) -> list[str]:
+        """The server's command line (``python -m gad.serve ...``)."""
         command = [
             sys.executable,
             "-m",
@@ -80,6 +85,9 @@ class TeacherServer:
             str(self.port),
             "--device",
             self.device,
+            "--batching" if self.batching else "--no-batching",
+            "--parent-pid",
+            str(os.getpid()),
         ]
         if self.system:
             command += ["--system", self.system]
@@ -87,16 +95,17 @@ class TeacherServer:
             command += ["--api-key-env", self.api_key_env]
         if self.seed is not None:
             command += ["--seed", str(self.seed)]
+        if self.threads is not None:
+            command += ["--threads", str(self.threads)]
         return command
 
     def start(self) -> TeacherServer:
         """Start the server and wait until it answers; a server already running is returned as it is."""
-        import httpx
-
         if self.running:
             return self
-        # Resolve (and convert a GGUF) here: a bad path fails with one line rather than in the subprocess.
-        self._model_id = resolve_model_id(self.model)
+        self.stop()  # a server that exited by itself: close its log and clear its group before starting anew
+        # Resolve (build a builtin model, convert a GGUF) here: a bad path fails with one line, not in the subprocess.
+        self._model_id = model_folder(self.model)
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="gad-teacher-", suffix=".log")
             os.close(handle)
@@ -107,21 +116,28 @@ class TeacherServer:
             self.command(), stdout=self._log_handle, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         _RUNNING.add(self)
+        try:
+            self._wait_until_up()
+        except BaseException:  # a failed start, or Ctrl-C while the model loads: leave nothing behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_up(self) -> None:
+        import httpx
+
+        assert self._process is not None
         deadline = time.monotonic() + self.startup_timeout
         health = self.base_url.removesuffix("/v1") + "/health"
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                status = self._process.returncode
-                tail = self.log_tail()
-                self.stop()
-                raise GadError(f"the teacher server exited with status {status}: {tail}")
+                raise GadError(f"the teacher server exited with status {self._process.returncode}: {self.log_tail()}")
             try:
                 if httpx.get(health, timeout=2.0).status_code == 200:
-                    return self
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        self.stop()
         raise GadError(f"the teacher server did not answer on {health} within {self.startup_timeout:g} s")
 
     @property
@@ -141,7 +157,7 @@ class TeacherServer:
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM to the server's process group, SIGKILL after ``grace`` seconds; safe to call more than once."""
         process = self._process
-        if process is not None:
+        if process is not None and self in _RUNNING:  # once stopped, its pid (and group id) may be reused: hands off
             if process.poll() is None:
                 _signal_group(process.pid, signal.SIGTERM)
                 try:

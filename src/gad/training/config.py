@@ -2,10 +2,10 @@
 
 Each config extends the TRL config its trainer uses (``SFTConfig`` for SeqKD, ``GRPOConfig`` for warmup and GAD), so
 every TRL / ``transformers.TrainingArguments`` option (batch sizes, ``report_to``, DeepSpeed, vLLM rollouts, ...) is
-available unchanged. The defaults follow the GAD paper's reference run (``gad.md`` §4): learning rate 1e-6 for the
-student and the discriminator in warmup and GAD (5e-6 for SeqKD), gradient clip 0.2, 8 samples per prompt at
-temperature 0.8, KL weight 0.001 (k3 estimator) to the stage's starting policy, constant learning rate, AdamW with
-weight decay 0.01, one update per step.
+available unchanged. The defaults follow the GAD paper's reference run (arXiv:2511.10643, §3.1 and App. A.2):
+learning rate 1e-6 for the student and the discriminator in warmup and GAD (5e-6 for SeqKD), gradient clip 0.2, 8
+samples per prompt at temperature 0.8, KL weight 0.001 (k3 estimator) to the stage's starting policy, constant
+learning rate, AdamW with weight decay 0.01, one update per step.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _resolve_device_defaults(config) -> None:
 
 @dataclass
 class _PaperTraining:
-    """Training defaults every stage shares, from the paper's reference run (gad.md §4) and verl's defaults."""
+    """Training defaults every stage shares: the paper's reference run (arXiv:2511.10643, App. A.2), verl's defaults."""
 
     max_grad_norm: float = field(default=0.2, metadata=_help("Gradient clipping (paper: 0.2)."))
     weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (verl's default, 0.01)."))

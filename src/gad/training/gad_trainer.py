@@ -1,6 +1,6 @@
 """GADTrainer: TRL's GRPOTrainer with a discriminator that learns at every step.
 
-One training step (the paper's Algorithm 1, gad.md §1.6), of which TRL already does the sampling, the advantages and
+One step (the paper's Algorithm 1, arXiv:2511.10643), of which TRL already does the sampling, the advantages and
 the policy update; this class adds the rest through GRPO's hooks:
 
 1. sample ``num_generations`` responses per prompt (TRL: HF generate or vLLM);

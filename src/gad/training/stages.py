@@ -8,8 +8,10 @@ folder's root, ``discriminator/`` beside it), and at the end ``student/`` and, f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +68,7 @@ def run_stage(
     checkpoint = _checkpoint_to_resume(layout, resume, overwrite)
 
     data = load_stage_data(config)
+    warn_if_too_short(stage, config, len(data.rows))
 
     layout.root.mkdir(parents=True, exist_ok=True)
     write_config(layout.config, stage, config, data=data.counts)
@@ -118,6 +121,34 @@ def load_stage_data(config: SeqKDConfig | GADConfig) -> StageData:
         rows, tokenizer, max_prompt_length=config.max_prompt_length, max_response_length=config.max_completion_length
     )
     return StageData(student, tokenizer, rows, lengths, {**vars(truncation), "skipped": report.skipped})
+
+
+SHORT_RUN_STEPS = 100
+
+
+def planned_steps(stage: str, config: SeqKDConfig | GADConfig, num_rows: int) -> int:
+    """Optimizer steps the stage will take: ``max_steps``, or the epochs over ``num_rows`` prompts (a warmup or GAD
+    step takes ``per_device_train_batch_size / num_generations`` prompts per process)."""
+    if config.max_steps and config.max_steps > 0:
+        return config.max_steps
+    samples = config.per_device_train_batch_size * config.gradient_accumulation_steps * max(config.world_size, 1)
+    prompts = samples if stage == "seqkd" else max(samples // (config.num_generations or 1), 1)
+    return max(1, math.ceil(num_rows * config.num_train_epochs / prompts))
+
+
+def warn_if_too_short(stage: str, config: SeqKDConfig | GADConfig, num_rows: int) -> None:
+    """The paper's learning rates (1e-6, 5e-6 for SeqKD) are for runs of about 1,600 steps; over a few dozen steps
+    they leave the student where it started, which looks like a bug. Say so, in one line."""
+    paper = next(f.default for f in dataclasses.fields(type(config)) if f.name == "learning_rate")
+    steps = planned_steps(stage, config, num_rows)
+    if config.learning_rate <= paper and steps < SHORT_RUN_STEPS:
+        logger.warning(
+            "%s: learning_rate %g is the paper's, tuned for runs of about 1,600 steps; this run has %d, which will "
+            "barely move the student: for a short run try learning_rate=1e-4 (as recipes/laptop.yaml does)",
+            stage,
+            config.learning_rate,
+            steps,
+        )
 
 
 def build_trainer(stage: str, config, student: str, tokenizer, rows, lengths, callbacks=()):
