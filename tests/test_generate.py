@@ -85,10 +85,16 @@ def test_named_prompt_sets_resolve(monkeypatch, tmp_path, capsys):
     name, rows = load_prompt_set("vicuna80")
     assert name == "vicuna80" and len(rows) == 80 and rows[0].id == "vicuna_1"
     assert len(load_prompt_set("selfinst252", limit=5)[1]) == 5
-    # Bundled sets work without any data folder; the others come from $GAD_DATA_DIR.
-    monkeypatch.setenv("GAD_DATA_DIR", str(tmp_path))
-    (tmp_path / "koala180.jsonl").write_text(json.dumps({"id": "k1", "prompt": "hello"}) + "\n")
-    assert resolve_prompt_set("koala180")[1] == tmp_path / "koala180.jsonl"
+    # Every named set ships with the package, with its licence noted beside it; nothing is read from elsewhere.
+    from gad.resources import resource
+
+    readme = resource("prompt_sets", "README.md").read_text(encoding="utf-8")
+    for known, (file_name, _, _) in PROMPT_SETS.items():
+        name, path = resolve_prompt_set(known)
+        assert path == resource("prompt_sets", file_name) and path.is_file() and f"`{file_name}`" in readme
+    assert [len(load_prompt_set(n)[1]) for n in ("dolly500", "mtbench80", "koala180", "arena_hard500")] == [
+        500, 80, 180, 500,
+    ]  # fmt: skip
     with pytest.raises(GadError) as info:
         resolve_prompt_set("no_such_set")
     for known in PROMPT_SETS:

@@ -21,6 +21,8 @@ PROMPT_SETS: dict[str, tuple[str, str, str]] = {
     "koala180": ("koala180.jsonl", "Koala test set", "Apache-2.0 (academic use, no training)"),
     "arena_hard500": ("arena_hard500.jsonl", "Arena-Hard, open stand-in for LMSYS-Chat", "Apache-2.0"),
 }
+
+
 def resolve_prompt_set(name_or_path: str | Path) -> tuple[str, Path]:
     """Return ``(set name, file)``; a known name is a shipped file, anything else is a path."""
     text = str(name_or_path)
