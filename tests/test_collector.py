@@ -15,6 +15,7 @@ import pytest
 from collect_fixtures import collect_args, gad_command, main, read_jsonl, write_prompts
 from fault_server import FaultServer, messages_hash
 
+from gad.cli import build_parser
 from gad.collect import CollectConfig, TeacherCache, collect
 from gad.data import load_training_rows
 from gad.serve import free_port
@@ -404,16 +405,18 @@ def test_a_second_run_on_the_same_files_stops_at_once_naming_the_first(tmp_path,
         ["--cache", str(tmp_path / "other.sqlite")] if shared == "output" else ["--cache", str(out) + ".cache.sqlite"]
     )
     second_out = out if shared == "output" else tmp_path / "second.jsonl"
-    with FaultServer(latency=0.15) as server:
+    build_parser()  # the sub-commands' imports take seconds: not while the first run goes on
+    with FaultServer(latency=0.3) as server:
         process = start_collect(prompts, out, server.base_url)
         try:
             wait_for_requests(server, process)
             code = main(collect_args(prompts, second_out, server.base_url, *second))
+            overlapped = process.poll() is None
         finally:
             first = process.wait(timeout=60)
         requests = len(server.log)
         after = main(collect_args(prompts, out, server.base_url))
-    assert code == 2 and first == 0
+    assert overlapped and code == 2 and first == 0
     line = error_line(capsys)
     assert f"pid {process.pid}" in line and "in use by another gad collect" in line
     assert requests == 8 and set(server.successes().values()) == {1}  # the second run asked for nothing
@@ -447,13 +450,14 @@ def test_an_oversize_answer_is_dropped_counted_and_not_paid_for_again(tmp_path, 
         summary = collect(config(prompts, out, server.base_url, max_answer_chars=1000))
         again = collect(config(prompts, out, server.base_url, max_answer_chars=1000))
         assert len(server.log) == 3
+        stored = sqlite3.connect(out.parent / "out.jsonl.cache.sqlite").execute("SELECT * FROM answers").fetchall()
+        assert stored == []  # the long answers never entered the cache
         assert main(collect_args(prompts, out, server.base_url, "--max-answer-chars", "1000")) == 0
         assert "dropped: too long 3" in capsys.readouterr().out
         larger = collect(config(prompts, out, server.base_url, retry_failed=True))
     assert summary.answered == 3 and summary.dropped == {"too long": 3} and summary.rows_written == 0
     assert summary.tokens_out == 3 * 400  # paid for, so counted
     assert again.answered == 0 and again.dropped == {"too long": 3} and not again.failed
-    assert not sqlite3.connect(out.parent / "out.jsonl.cache.sqlite").execute("SELECT * FROM answers").fetchall() == []
     assert larger.answered == 3 and larger.rows_written == 3 and len(server.log) == 6
     assert collect(config(prompts, out, server.base_url, max_answer_chars=1000)).dropped == {"too long": 3}
 

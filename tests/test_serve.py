@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 import pytest
@@ -46,12 +47,37 @@ def teacher(tiny_model, tmp_path_factory):
     os.environ.pop("GAD_TEST_TEACHER_KEY", None)
 
 
+@pytest.fixture(scope="module")
+def serial_teacher(tiny_model, tmp_path_factory):
+    """The same teacher with --no-batching: transformers serve's own one-at-a-time generation, for comparison."""
+    log = tmp_path_factory.mktemp("serial-teacher") / "server.log"
+    with TeacherServer(tiny_model, system=SYSTEM, batching=False, log_path=log, startup_timeout=120) as server:
+        yield server
+
+
 def ask(server: TeacherServer, messages=MESSAGES, *, api_key: str | None = KEY, **params):
+    return ask_all(server, [(messages, params)], api_key=api_key)[0]
+
+
+def ask_all(server: TeacherServer, requests, *, api_key: str | None = KEY):
+    """Send ``(messages, params)`` requests all at once; their answers, in order."""
+
+    async def one(client, messages, params):
+        return await client.complete(messages, model=params.pop("model", "any-name"), **params)
+
     async def go():
-        async with ChatClient(server.base_url, api_key=api_key, timeout=60, max_retries=0) as client:
-            return await client.complete(messages, model=params.pop("model", "any-name"), **params)
+        async with ChatClient(server.base_url, api_key=api_key, timeout=60, max_retries=0, concurrency=16) as client:
+            return await asyncio.gather(*(one(client, messages, dict(params)) for messages, params in requests))
 
     return asyncio.run(go())
+
+
+def question(number: int) -> list[dict]:
+    return [{"role": "user", "content": f"Question {number}: " + "why " * number}]
+
+
+def batch_sizes(server: TeacherServer) -> list[int]:
+    return [int(size) for size in re.findall(r"generated a batch of (\d+)", server.log_tail(100_000))]
 
 
 def test_greedy_is_deterministic_and_max_tokens_is_respected(teacher):
@@ -72,6 +98,40 @@ def test_temperature_and_seed_are_honoured(teacher):
     greedy = ask(teacher, temperature=0, max_tokens=10)
     assert one.text == same.text
     assert one.text != other.text and one.text != greedy.text  # sampling really samples, although greedy by default
+
+
+def test_concurrent_greedy_answers_are_the_serial_servers(teacher, serial_teacher):
+    requests = [
+        (question(number), {"temperature": 0, "max_tokens": limit})
+        for number, limit in enumerate([3, 9, 16, 1, 12, 16])
+    ]
+    batched = ask_all(teacher, requests)
+    serial = [ask(serial_teacher, messages, **params) for messages, params in requests]
+    for got, expected in zip(batched, serial, strict=True):
+        assert (got.text, got.completion_tokens, got.finish_reason, got.prompt_tokens) == (
+            expected.text,
+            expected.completion_tokens,
+            expected.finish_reason,
+            expected.prompt_tokens,
+        )
+    limits = [params["max_tokens"] for _, params in requests]
+    assert all(answer.completion_tokens <= limit for answer, limit in zip(batched, limits, strict=True))
+    assert max(batch_sizes(teacher)) > 1  # they were batched
+    assert not batch_sizes(serial_teacher)
+
+
+def test_a_sampled_answer_depends_on_its_seed_not_on_its_batch(teacher):
+    sampled = {"temperature": 0.9, "top_p": 0.95, "max_tokens": 12, "seed": 5}
+    alone = ask(teacher, question(2), **sampled)
+    greedy = ask(teacher, question(3), temperature=0, max_tokens=12)
+    companions = [
+        (question(3), {"temperature": 1.0, "top_p": 1e-9, "max_tokens": 12, "seed": 9}),  # top-p that keeps one token
+        (question(4), {"temperature": 0, "max_tokens": 5}),
+        (question(5), {"temperature": 1.2, "max_tokens": 20, "seed": 6}),
+    ]
+    together = ask_all(teacher, [(question(2), sampled), *companions])
+    assert together[0].text == alone.text
+    assert together[1].text == greedy.text  # top-p applied per row: only the most likely token is left
 
 
 def test_hidden_system_prompt_is_injected(teacher, tiny_model):

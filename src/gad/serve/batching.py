@@ -48,6 +48,11 @@ ROW_FIELDS = frozenset({"do_sample", "temperature", "top_k", "top_p", "max_new_t
 SOLO_FIELDS = ("stop_strings", "min_p", "top_h", "typical_p", "epsilon_cutoff", "eta_cutoff", "guidance_scale")
 # Inputs a text-only batch can carry (a multimodal request brings pixel values and the like).
 TEXT_INPUTS = frozenset({"input_ids", "attention_mask"})
+# Requests sent together reach the generation thread spread over milliseconds (HTTP parsing, chat templates), more on
+# a busy machine: a batch waits until none arrived for QUIET_S, and at most MAX_WAIT_S, before it starts.
+QUIET_S = 0.02
+MAX_WAIT_S = 0.1
+MAX_BATCH = 32
 
 
 @dataclass
@@ -170,7 +175,7 @@ class BatchedGenerateManager(GenerateManager):
     where ``transformers serve`` would only reseed the global generator.
     """
 
-    def __init__(self, *, max_batch: int = 32, quiet: float = 0.005, max_wait: float = 0.05):
+    def __init__(self, *, max_batch: int = MAX_BATCH, quiet: float = QUIET_S, max_wait: float = MAX_WAIT_S):
         super().__init__()
         self.max_batch, self.quiet, self.max_wait = max_batch, quiet, max_wait
         self.seeds: dict[str, int | None] = {}
@@ -221,7 +226,7 @@ class BatchedGenerateManager(GenerateManager):
             count = len(self._pending)
         while 0 < count < self.max_batch and count != seen and time.monotonic() < deadline:
             seen = count
-            time.sleep(self.quiet)  # requests sent together reach the handler a few milliseconds apart
+            time.sleep(self.quiet)
             with self._lock:
                 count = len(self._pending)
         with self._lock:

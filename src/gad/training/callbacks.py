@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_utils import rotate_checkpoints
 
 from gad.errors import GadError
 from gad.layout import COMPLETE_MARKER, StageLayout
@@ -50,16 +51,33 @@ class NanGuard(TrainerCallback):
             )
 
 
-class CheckpointMarker(TrainerCallback):
-    """Marks a checkpoint complete once everything in it is written; `--resume` only trusts marked checkpoints, so a
-    run killed in the middle of saving resumes from the checkpoint before."""
+class CompleteCheckpoints:
+    """Trainer mixin: a checkpoint is marked complete only once everything in it is written, and older checkpoints
+    are deleted (``save_total_limit``) only after that, so a run killed at any moment of a save still has a complete
+    checkpoint to resume from. ``--resume`` trusts only marked checkpoints.
 
-    def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
+    Hugging Face's own rotation runs inside ``_save_checkpoint`` before a subclass can add its files (the
+    discriminator); it is held back here and run at the end. Subclasses add files in :meth:`_save_checkpoint_extras`.
+    """
+
+    def _save_checkpoint(self, model, trial):
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None  # no rotation until the new checkpoint is complete
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if not self.args.should_save:
             return
-        folder = StageLayout(Path(args.output_dir)).checkpoint(state.global_step)
-        if folder.is_dir():
-            (folder / COMPLETE_MARKER).write_text(json.dumps({"step": state.global_step}))
+        run_dir = self._get_output_dir(trial=trial)
+        folder = StageLayout(Path(run_dir)).checkpoint(self.state.global_step)
+        self._save_checkpoint_extras(folder)
+        (folder / COMPLETE_MARKER).write_text(json.dumps({"step": self.state.global_step}))
+        rotate_checkpoints(run_dir, save_total_limit=limit, best_model_checkpoint=self.state.best_model_checkpoint,
+                           use_mtime=True)  # fmt: skip
+
+    def _save_checkpoint_extras(self, folder: Path) -> None:
+        """Write what the subclass keeps beside the student (called on the saving process only)."""
 
 
 def _plain(value):

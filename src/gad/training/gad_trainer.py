@@ -25,9 +25,10 @@ import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
-from gad.layout import DISCRIMINATOR, StageLayout
+from gad.layout import DISCRIMINATOR
 from gad.metrics import rouge_l
 from gad.prepare import teacher_turn_ids
+from gad.training.callbacks import CompleteCheckpoints
 from gad.training.config import GADConfig
 from gad.training.discriminator import Discriminator, DiscriminatorUpdater
 
@@ -75,7 +76,7 @@ class DiscriminatorReward:
         return scores.detach().tolist()
 
 
-class GADTrainer(GRPOTrainer):
+class GADTrainer(CompleteCheckpoints, GRPOTrainer):
     """Trains a student against a discriminator that is trained, at the same time, to tell teacher from student.
 
     Args:
@@ -240,11 +241,8 @@ class GADTrainer(GRPOTrainer):
         return weight * loss / self.current_gradient_accumulation_steps
 
     # -- checkpoints hold the discriminator and its optimizer next to the student --------------------------------
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if not self.args.should_save:
-            return
-        folder = StageLayout(Path(self._get_output_dir(trial=trial))).checkpoint(self.state.global_step) / DISCRIMINATOR
+    def _save_checkpoint_extras(self, checkpoint: Path) -> None:
+        folder = checkpoint / DISCRIMINATOR
         self.discriminator.save_pretrained(folder)
         torch.save(self.discriminator_updater.state_dict(), folder / DISCRIMINATOR_STATE)
         extra = {"d_acc_ema": self.d_acc_ema, "replay": self.replay.state_dict()}

@@ -24,7 +24,7 @@ from gad.errors import GadError
 from gad.layout import StageLayout, checkpoint_step
 from gad.models import load_tokenizer, require_model_folder, resolve_model
 from gad.prepare import gad_dataset, sft_dataset, truncate_rows
-from gad.training.callbacks import CheckpointMarker, MetricsFile, NanGuard
+from gad.training.callbacks import MetricsFile, NanGuard
 from gad.training.config import GADConfig, SeqKDConfig
 from gad.training.discriminator import Discriminator
 
@@ -75,7 +75,6 @@ def run_stage(
     own = [
         MetricsFile(layout.metrics, stage, resume_step=checkpoint_step(checkpoint) if checkpoint else None),
         NanGuard(),
-        CheckpointMarker(),
     ]
     trainer = build_trainer(stage, config, data.student, data.tokenizer, data.rows, data.lengths, [*own, *callbacks])
     tokenizer = data.tokenizer
@@ -155,9 +154,9 @@ def build_trainer(stage: str, config, student: str, tokenizer, rows, lengths, ca
     """The TRL trainer of a stage: ``SFTTrainer`` for seqkd, :class:`GADTrainer` (with its discriminator) otherwise."""
     peft_config = lora_config(config)
     if stage == "seqkd":
-        from trl import SFTTrainer
+        from gad.training.seqkd_trainer import SeqKDTrainer
 
-        return SFTTrainer(
+        return SeqKDTrainer(
             model=student,
             args=config,
             train_dataset=sft_dataset(rows, tokenizer),
