@@ -73,10 +73,19 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
 def require_model_folder(path: str, what: str) -> None:
+    """A loadable local model folder (config and weights), or a hub name when the hub is reachable."""
     if os.path.isdir(path):
         if not (Path(path) / "config.json").exists():
             raise GadError(f"{what} folder {path} has no config.json: it is not a Hugging Face model folder")
+        if not any(next(Path(path).glob(pattern), None) for pattern in WEIGHT_FILES):
+            raise GadError(
+                f"{what} folder {path} has no weights (model.safetensors or pytorch_model.bin): copy them in, or "
+                "point to the complete folder"
+            )
         return
     if os.environ.get("HF_HUB_OFFLINE") == "1" or path.startswith((".", "/", "~")) or path.count("/") != 1:
         raise GadError(

@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
+from gad.api.client import DEFAULT_KEY_ENV, api_key_for
 from gad.collect.collector import CollectConfig, collect
-from gad.errors import GadError
 from gad.options import add_dataclass_arguments, dataclass_from_args
-
-DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,25 +24,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--api-key-env",
         default=None,
         metavar="VAR",
-        help=f"environment variable holding the API key (default {DEFAULT_KEY_ENV}; "
-        "keys are never read from the command line)",
+        help=f"environment variable holding the API key; default {DEFAULT_KEY_ENV}, sent to https endpoints only "
+        "(plain http, e.g. a local teacher, gets a key only when this option names one); keys are never read from "
+        "the command line",
     )
     parser.add_argument("--summary-json", type=Path, default=None, help="also write the summary as JSON here")
     parser.set_defaults(run=run)
 
 
-def api_key_from_env(name: str | None) -> str | None:
-    """The API key from the named environment variable. An explicitly named variable must be set."""
-    key = os.environ.get(name or DEFAULT_KEY_ENV)
-    if name and not key:
-        raise GadError(f"environment variable {name} (named by --api-key-env) is not set or empty")
-    return key or None
-
-
 def run(args: argparse.Namespace) -> int:
     # httpx logs every request at INFO; keep the terminal for the progress bar and the summary.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = dataclass_from_args(CollectConfig, args, api_key=api_key_from_env(args.api_key_env))
+    config = dataclass_from_args(CollectConfig, args, api_key=api_key_for(args.base_url, args.api_key_env))
     summary = collect(config)
     print(summary.format())
     if args.summary_json:

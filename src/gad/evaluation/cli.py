@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 
+from gad.api.client import api_key_for
 from gad.errors import GadError
 from gad.evaluation.evaluate import JUDGE_PREFIX, GenerationConfig, JudgeConfig, evaluate
 from gad.evaluation.results import EVAL_FILE, EvalResults
@@ -94,9 +94,10 @@ def _register_eval(subparsers) -> None:
     add_dataclass_arguments(judge, JudgeConfig, prefix=JUDGE_PREFIX, defaults={"base_url": None})
     judge.add_argument(
         "--judge-api-key-env",
-        default="OPENAI_API_KEY",
+        default=None,
         metavar="VAR",
-        help="environment variable holding the key (default %(default)s)",
+        help="environment variable holding the judge's key; default OPENAI_API_KEY, sent to https endpoints only "
+        "(a plain-http judge gets a key only when this option names one)",
     )
     select = parser.add_argument_group("checkpoint selection")
     select.add_argument("--select", type=Path, default=None, metavar="RUN_DIR", help="score RUN_DIR's checkpoints")
@@ -121,7 +122,7 @@ def _judge_config(args: argparse.Namespace, out: Path) -> JudgeConfig | None:
         JudgeConfig,
         args,
         prefix=JUDGE_PREFIX,
-        api_key=os.environ.get(args.judge_api_key_env),
+        api_key=api_key_for(args.judge_base_url, args.judge_api_key_env),
         cache=cache or out / "judge-cache.sqlite",
     )
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gad import metrics
+from gad.api.client import api_key_for
 from gad.data import PromptRow
 from gad.errors import GadError
 from gad.evaluation.generate import generate_answers, is_model_folder, read_answers, write_answers
@@ -65,7 +66,8 @@ class ModelSpec:
 @dataclass
 class JudgeConfig:
     """Where the judge is and how to talk to it; ``gad eval``'s judge options are generated from the fields, with
-    :data:`JUDGE_PREFIX` (:mod:`gad.options`). ``api_key`` defaults to ``$OPENAI_API_KEY``."""
+    :data:`JUDGE_PREFIX` (:mod:`gad.options`). ``api_key`` defaults to ``$OPENAI_API_KEY`` for https endpoints
+    (:func:`gad.api.client.api_key_for`)."""
 
     base_url: str = field(
         metadata={"help": "API root of the judge, e.g. https://api.openai.com/v1", "flag": "--judge-url"}
@@ -382,7 +384,7 @@ async def _run_judge(
     try:
         async with ChatClient(
             config.base_url,
-            api_key=config.api_key if config.api_key is not None else os.environ.get("OPENAI_API_KEY"),
+            api_key=config.api_key if config.api_key is not None else api_key_for(config.base_url, None),
             concurrency=config.concurrency,
             rpm=config.rpm,
             tpm=config.tpm,

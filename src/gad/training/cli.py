@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from gad.errors import GadError
 
@@ -62,15 +63,23 @@ def run(args: argparse.Namespace) -> int:
     resume = args.resume_from or args.resume
     recipe = load_recipe(args.config)
     overrides = parse_overrides(args.overrides)
+    # Every stage's config is built (and checked) before the first one trains: a mistake in a later stage's settings
+    # stops the command now, not hours later. Inputs an earlier stage will write are checked when their stage starts.
+    pending = {"*"} if args.print_config else set()
+    configs = []
     for stage in stages:
-        config = resolve_stage(recipe, stage, overrides, source=args.config or "")
-        if args.print_config:
-            import yaml
+        config = resolve_stage(recipe, stage, overrides, source=args.config or "", pending=pending)
+        configs.append((stage, config))
+        pending.add(str(Path(config.output_dir)))
+    if args.print_config:
+        import yaml
 
+        for stage, config in configs:
             print(yaml.safe_dump({"stage": stage, **config.to_dict()}, sort_keys=False))
-            continue
-        from gad.training.stages import run_stage
+        return 0
+    from gad.training.stages import run_stage
 
+    for stage, config in configs:
         layout = run_stage(stage, config, resume=resume, overwrite=args.overwrite).layout
         print(f"{stage}: done -> {layout.student}" + ("" if stage == "seqkd" else f", {layout.discriminator}"))
     return 0

@@ -68,6 +68,13 @@ class _StudentData:
     lora_target_modules: list[str] | str = field(
         default="all-linear", metadata=_help("Modules that get LoRA adapters, or 'all-linear'.")
     )
+    inputs_pending: bool = field(
+        default=False,
+        metadata=_help(
+            "Set by `gad train`: `init_from` is written by an earlier stage of the same command (or only the config "
+            "is printed), so its existence is checked when the stage starts instead of now."
+        ),
+    )
     recipe_paths: dict[str, str] | None = field(
         default=None,
         metadata=_help(
@@ -86,6 +93,26 @@ def _validate_common(config) -> None:
         raise GadError(f"max_prompt_length must be positive, got {config.max_prompt_length}")
     if config.lora_r is not None and config.lora_r < 1:
         raise GadError(f"lora_r must be a positive rank (or none for full fine-tuning), got {config.lora_r}")
+    # TrainingArguments accepts these and fails (or silently does nothing) only once the model is loaded.
+    if not config.learning_rate > 0:
+        raise GadError(f"learning_rate must be positive, got {config.learning_rate}")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(config, name) < 1:
+            raise GadError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise GadError(f"max_steps must be positive (or -1: train num_train_epochs epochs), got {config.max_steps}")
+    if config.max_steps == -1 and not config.num_train_epochs > 0:
+        raise GadError(f"num_train_epochs must be positive, got {config.num_train_epochs}")
+    for name in ("save_steps", "logging_steps"):
+        if not getattr(config, name) > 0:
+            raise GadError(f"{name} must be positive, got {getattr(config, name)}")
+
+
+def check_inputs(config) -> None:
+    """The checks that need an earlier stage's output; run when the stage starts (see ``inputs_pending``)."""
+    init_from = getattr(config, "init_from", None)
+    if init_from and not Path(init_from).is_dir():
+        raise GadError(f"init_from folder not found: {init_from} (run the warmup stage first, or set student=)")
 
 
 def _resolve_device_defaults(config) -> None:
@@ -248,8 +275,8 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
     def __post_init__(self):
         if self.init_from:
             folder = Path(self.init_from)
-            if not folder.is_dir():
-                raise GadError(f"init_from folder not found: {folder} (run the warmup stage first, or set student=)")
+            if not self.inputs_pending:
+                check_inputs(self)
             self.student = self.student or str(StageLayout(folder).student)
             self.discriminator = self.discriminator or str(StageLayout(folder).discriminator)
         _validate_common(self)

@@ -73,8 +73,17 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
     return overrides
 
 
-def resolve_stage(recipe: dict[str, Any], stage: str, overrides: dict[str, str] | None = None, *, source: str = ""):
-    """Build the config of ``stage`` from a recipe dict and command-line overrides."""
+def resolve_stage(
+    recipe: dict[str, Any],
+    stage: str,
+    overrides: dict[str, str] | None = None,
+    *,
+    source: str = "",
+    pending: set[str] | None = None,
+):
+    """Build the config of ``stage`` from a recipe dict and command-line overrides. ``pending``: folders that
+    earlier stages of the same command will write (their existence is checked when this stage starts); ``{"*"}``
+    defers every such check (to print a config before anything ran)."""
     if stage not in STAGES:
         raise GadError(f"unknown stage '{stage}'; choose one of {', '.join(STAGES)}")
     config_cls = STAGES[stage]
@@ -132,6 +141,8 @@ def resolve_stage(recipe: dict[str, Any], stage: str, overrides: dict[str, str] 
     values = {k: v for k, v in values.items() if k in names}
     if recipe_paths:
         values["recipe_paths"] = recipe_paths
+    if "init_from" in values and pending and ("*" in pending or str(Path(values["init_from"])) in pending):
+        values["inputs_pending"] = True
 
     hints = typing.get_type_hints(config_cls)
     typed = {k: _coerce(v, hints[k], k, where) for k, v in values.items()}

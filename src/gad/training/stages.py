@@ -25,7 +25,7 @@ from gad.layout import StageLayout, checkpoint_step
 from gad.models import load_tokenizer, require_model_folder, resolve_model
 from gad.prepare import gad_dataset, sft_dataset, truncate_rows
 from gad.training.callbacks import MetricsFile, NanGuard
-from gad.training.config import GADConfig, SeqKDConfig
+from gad.training.config import GADConfig, SeqKDConfig, check_inputs
 from gad.training.discriminator import Discriminator
 
 logger = logging.getLogger(__name__)
@@ -65,9 +65,12 @@ def run_stage(
     if resume is True and _finished(layout, config):
         logger.info("%s already finished in %s; nothing to resume", stage, layout.root)
         return StageResult(stage, layout, skipped=True)
+    check_inputs(config)
     checkpoint = _checkpoint_to_resume(layout, resume, overwrite)
 
     data = load_stage_data(config)
+    if stage != "seqkd":  # before anything is written: a bad discriminator folder must not leave a half-made stage
+        require_model_folder(resolve_model(config.discriminator or data.student), "discriminator")
     warn_if_too_short(stage, config, len(data.rows))
 
     layout.root.mkdir(parents=True, exist_ok=True)
