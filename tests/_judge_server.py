@@ -24,11 +24,12 @@ def request_kind(user_text: str) -> str:
 
 class JudgeServer:
     """Context manager: ``with JudgeServer(script) as server: server.base_url`` (…/v1); ``server.log`` holds
-    ``(kind, user_text)`` for every request, in arrival order."""
+    ``(kind, user_text)`` for every request, in arrival order, ``server.authorizations`` their Authorization headers."""
 
     def __init__(self, script: Script):
         self.script = script
         self.log: list[tuple[str, str]] = []
+        self.authorizations: list[str | None] = []  # the Authorization header of every request
         self._lock = threading.Lock()
         outer = self
 
@@ -42,6 +43,7 @@ class JudgeServer:
                 kind = request_kind(user)
                 with outer._lock:
                     outer.log.append((kind, user))
+                    outer.authorizations.append(self.headers.get("Authorization"))
                 reply = outer.script(kind, user)
                 status, text = reply if isinstance(reply, tuple) else (200, reply)
                 if status == 200:

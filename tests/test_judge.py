@@ -251,3 +251,39 @@ def test_unreachable_judge_is_one_line_error(tmp_path):
     with pytest.raises(GadError, match="unreachable") as info:
         evaluate([str(answers)], [str(prompts)], out_dir=tmp_path / "out", judge=config, progress=False)
     assert "\n" not in str(info.value)
+
+
+def test_gad_eval_prints_the_failure_count_and_fails_when_every_rating_failed(tmp_path, capsys):
+    from gad.cli import main
+
+    prompts = write_prompts(tmp_path / "mini.jsonl", 3)
+    answers = write_answers(tmp_path / "a.jsonl", {f"q{i}": f"answer {i}" for i in range(3)})
+
+    def no_scores(kind, text):
+        return "a reference answer" if kind == "reference" else "I would rather not say."
+
+    base = ["eval", "--model", f"a={answers}", "--prompts", str(prompts), "--judge-retries", "0"]
+    with JudgeServer(no_scores) as server:
+        code = main([*base, "--judge-url", server.base_url, "--out", str(tmp_path / "bad")])
+    captured = capsys.readouterr()
+    assert code == 1 and "judge: 3 of 3 ratings failed" in captured.out and "every judge request failed" in captured.err
+    with JudgeServer(content_judge) as server:
+        code = main([*base, "--judge-url", server.base_url, "--out", str(tmp_path / "good")])
+    assert code == 0 and "judge: 0 of 3 ratings failed" in capsys.readouterr().out
+
+
+def test_a_plain_http_judge_gets_no_default_key(tmp_path, capsys, monkeypatch):
+    from gad.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-real-key-123")
+    monkeypatch.setenv("LOCAL_JUDGE_KEY", "local-456")
+    prompts = write_prompts(tmp_path / "mini.jsonl", 1)
+    answers = write_answers(tmp_path / "a.jsonl", {"q0": "answer"})
+    base = ["eval", "--model", f"a={answers}", "--prompts", str(prompts)]
+    with JudgeServer(content_judge) as server:
+        assert main([*base, "--judge-url", server.base_url, "--out", str(tmp_path / "1")]) == 0
+        assert server.authorizations and all("sk-real" not in (a or "") for a in server.authorizations)
+        named = [*base, "--judge-url", server.base_url, "--out", str(tmp_path / "2"), "--judge-api-key-env",
+                 "LOCAL_JUDGE_KEY"]  # fmt: skip
+        assert main(named) == 0
+        assert server.authorizations[-1] == "Bearer local-456"

@@ -39,3 +39,21 @@ def test_stages_lists_existing_stage_folders_in_pipeline_order(tmp_path):
     for name in ("gad", "seqkd", "notes"):
         (tmp_path / name).mkdir()
     assert [s.name for s in run.stages()] == ["seqkd", "gad"]
+
+
+def test_read_metrics_skips_a_line_cut_by_a_crash(tmp_path, caplog):
+    from gad.layout import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert [row["step"] for row in read_metrics(path)] == [1, 2]
+    assert "line 4: skipping an unreadable line" in caplog.text
+
+
+def test_resuming_over_a_cut_metrics_line_keeps_the_rows_up_to_the_checkpoint(tmp_path):
+    from gad.training.callbacks import MetricsFile
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 4, "lo')
+    MetricsFile(path, "warmup", resume_step=2)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'

@@ -138,3 +138,53 @@ def test_print_config_shows_the_resolved_stage(capsys):
     assert main(["train", "--stage", "warmup", "--config", str(RECIPE), "--print-config", "seed=3"]) == 0
     out = capsys.readouterr().out
     assert "student_objective: teacher_sft" in out and "seed: 3" in out and "d_only_steps: 4" in out
+
+
+def test_a_mistake_in_a_later_stage_stops_the_pipeline_before_the_first_stage_trains(tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--stage", "seqkd,warmup,gad", "--config", str(RECIPE), f"run_dir={run}", "gad.num_generations=3"]
+    assert "divisible by" in _error_line(capsys, argv)  # TRL's own batch check, for the gad stage
+    assert not run.exists()  # seqkd did not start
+
+
+def test_print_config_works_before_earlier_stages_exist(tmp_path, capsys):
+    argv = ["train", "--stage", "gad", "--config", str(RECIPE), f"run_dir={tmp_path / 'run'}", "--print-config"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "stage: gad" in printed and f"init_from: {tmp_path / 'run' / 'warmup'}" in printed
+    # without --print-config the missing warmup folder is still an error, when the gad stage starts
+    assert "init_from folder not found" in _error_line(capsys, argv[:-1])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("learning_rate=-1", "learning_rate must be positive"),
+        ("learning_rate=0", "learning_rate must be positive"),
+        ("per_device_train_batch_size=0", "per_device_train_batch_size must be at least 1"),
+        ("num_train_epochs=0", "num_train_epochs must be positive"),
+        ("max_steps=0", "max_steps must be positive"),
+        ("seqkd.save_steps=-5", "save_steps must be positive"),
+    ],
+)
+def test_bad_numbers_are_one_line_before_anything_is_written(tmp_path, capsys, override, message):
+    run = tmp_path / "run"
+    argv = ["train", "--stage", "seqkd", "--config", str(RECIPE), f"run_dir={run}", override]
+    if override.startswith("num_train_epochs"):
+        argv.append("seqkd.max_steps=-1")
+    assert message in _error_line(capsys, argv)
+    assert not run.exists()
+
+
+def test_a_model_folder_without_weights_is_one_line_before_anything_is_written(tmp_path, tiny_model_dir, capsys):
+    import shutil
+
+    empty = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, empty)
+    for weights in empty.glob("*.safetensors"):
+        weights.unlink()
+    run = tmp_path / "run"
+    for stage, key in (("seqkd", "student"), ("warmup", "warmup.discriminator")):
+        argv = ["train", "--stage", stage, "--config", str(RECIPE), f"run_dir={run}", f"{key}={empty}"]
+        assert f"{empty} has no weights" in _error_line(capsys, argv), stage
+        assert not (run / stage).exists()

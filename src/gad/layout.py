@@ -17,9 +17,13 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 STAGE_NAMES = ("seqkd", "warmup", "gad")
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -119,3 +123,20 @@ class RunLayout:
 def answers_file(eval_dir: str | Path, model: str, set_name: str) -> Path:
     """Where `gad eval` writes one model's answers to one prompt set."""
     return Path(eval_dir) / "answers" / model / f"{set_name}.jsonl"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Rows of a ``metrics.jsonl``; an unreadable line (torn by a crash, or a run still writing) is skipped with a
+    warning."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s, line %d: skipping an unreadable line (cut by a crash?)", path, number)
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows

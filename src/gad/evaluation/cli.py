@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -177,6 +178,18 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     print(summary_text(report))
     print(f"wrote {out / EVAL_FILE}")
+    return judge_verdict(report, out)
+
+
+def judge_verdict(report: EvalResults, out: Path) -> int:
+    """Print how many judge requests failed; a judge that answered none of them is an error (exit 1), not a result."""
+    if not report.judge:
+        return 0
+    failed, asked = report.judge_counts()
+    print(f"judge: {failed} of {asked} ratings failed (reasons in {out / 'ratings'} and eval.json)")
+    if asked and failed == asked:
+        print("error: every judge request failed: check --judge-url, --judge-model and the key", file=sys.stderr)
+        return 1
     return 0
 
 

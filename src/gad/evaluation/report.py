@@ -22,10 +22,10 @@ from typing import Any
 
 from gad.errors import GadError
 from gad.evaluation.results import EVAL_FILE, SELECTION_FILE, EvalResults, Selection
+from gad.layout import METRICS, STAGE_NAMES, RunLayout, StageLayout, read_metrics
 
 log = logging.getLogger(__name__)
 
-STAGES = ("seqkd", "warmup", "gad")
 # (title, file stem, metric keys, y label); a plot is drawn when any run logged any of its keys.
 CURVES = (
     ("Reward (oscillates around 0 by design)", "reward", ("reward",), "reward"),
@@ -85,22 +85,6 @@ class Inputs:
     selections: list[tuple[Path, Selection]] = field(default_factory=list)
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of a ``metrics.jsonl``; a torn last line (a run still writing) is skipped."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("%s: skipping an unreadable line", path)
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
-
-
 def collect_inputs(paths: list[str | Path]) -> Inputs:
     """Sort the given paths into runs, evaluations and selections."""
     found = Inputs()
@@ -120,7 +104,7 @@ def collect_inputs(paths: list[str | Path]) -> Inputs:
                 found.selections.append((path, Selection.read(path)))
             elif path.suffix == ".json":
                 add_eval(path)
-            elif path.name == "metrics.jsonl":
+            elif path.name == METRICS:
                 found.runs.setdefault(path.parent.name, {})["train"] = read_metrics(path)
             else:
                 raise GadError(f"{path}: expected a run folder, an eval.json or a metrics.jsonl")
@@ -129,18 +113,20 @@ def collect_inputs(paths: list[str | Path]) -> Inputs:
         if (path / EVAL_FILE).is_file():
             add_eval(path / EVAL_FILE)
             used = True
-        if (path / "metrics.jsonl").is_file():  # a stage folder
-            found.runs.setdefault(_label(path.parent), {})[path.name] = read_metrics(path / "metrics.jsonl")
+        if StageLayout(path).metrics.is_file():  # a stage folder
+            found.runs.setdefault(_label(path.parent), {})[path.name] = read_metrics(StageLayout(path).metrics)
             used = True
-        for stage in [*STAGES, *sorted(p.name for p in path.iterdir() if p.is_dir() and p.name not in STAGES)]:
-            if (path / stage / "metrics.jsonl").is_file():
-                found.runs.setdefault(_label(path), {})[stage] = read_metrics(path / stage / "metrics.jsonl")
+        others = sorted(p.name for p in path.iterdir() if p.is_dir() and p.name not in STAGE_NAMES)
+        for stage in [*STAGE_NAMES, *others]:
+            metrics = RunLayout(path).stage(stage).metrics
+            if metrics.is_file():
+                found.runs.setdefault(_label(path), {})[stage] = read_metrics(metrics)
                 used = True
-        for sub in ("eval", "selection-eval", *(f"{s}/selection-eval" for s in STAGES)):
+        for sub in ("eval", "selection-eval", *(f"{s}/selection-eval" for s in STAGE_NAMES)):
             if (path / sub / EVAL_FILE).is_file():
                 add_eval(path / sub / EVAL_FILE)
                 used = True
-        for sel in [path / SELECTION_FILE, *(path / s / SELECTION_FILE for s in STAGES)]:
+        for sel in [path / SELECTION_FILE, *(path / s / SELECTION_FILE for s in STAGE_NAMES)]:
             if sel.is_file():
                 found.selections.append((sel, Selection.read(sel)))
                 used = True

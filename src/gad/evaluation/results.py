@@ -107,6 +107,19 @@ class EvalResults(JsonRecord):
         if not self.order:  # files from before "order" was written
             self.order = list(self.results)
 
+    def judge_counts(self) -> tuple[int, int]:
+        """``(failed, asked)``: the judge's ratings and pairwise verdicts that failed, out of all it was asked for."""
+        failed = asked = 0
+        for per_set in self.results.values():
+            for metrics in per_set.values():
+                if "judge_failures" in metrics:
+                    failed += metrics["judge_failures"]
+                    asked += metrics["judge_failures"] + metrics.get("judge_scored", 0)
+        for pair in self.pairwise:
+            failed += pair.get("failures", 0)
+            asked += pair.get("failures", 0) + sum(pair.get(k, 0) for k in ("win", "tie", "loss"))
+        return failed, asked
+
 
 @dataclass(kw_only=True)
 class Selection(JsonRecord):

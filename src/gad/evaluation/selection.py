@@ -14,7 +14,6 @@ highest score wins, the earliest checkpoint on a tie. The choice and every candi
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,12 @@ from gad.errors import GadError
 from gad.evaluation.evaluate import GenerationConfig, JudgeConfig, ModelSpec, evaluate
 from gad.evaluation.generate import is_model_folder
 from gad.evaluation.results import EVAL_FILE, SELECTION_FILE, Selection
+from gad.layout import STAGE_NAMES, RunLayout, StageLayout
 
 log = logging.getLogger(__name__)
 
-STAGES = ("gad", "warmup", "seqkd")
-BEST = "best"
+STAGES = tuple(reversed(STAGE_NAMES))  # the adversarial stage's checkpoints first
 COPY_MARKER = ".gad-best-copy"
-_STEP = re.compile(r"checkpoint-(\d+)$")
 
 
 def find_checkpoints(run_dir: str | Path) -> list[tuple[str, Path]]:
@@ -52,14 +50,10 @@ def find_checkpoints(run_dir: str | Path) -> list[tuple[str, Path]]:
 
 
 def _stage_checkpoints(folder: Path, prefix: str) -> list[tuple[str, Path]]:
-    steps = []
-    for child in folder.iterdir():
-        match = _STEP.match(child.name)
-        if match and is_model_folder(child):
-            steps.append((int(match.group(1)), child))
-    found = [(f"{prefix}{path.name}", path) for _, path in sorted(steps)]
-    if is_model_folder(folder / "student"):
-        found.append((f"{prefix}student", folder / "student"))
+    stage = StageLayout(folder)
+    found = [(f"{prefix}{path.name}", path) for path in stage.checkpoints() if is_model_folder(path)]
+    if is_model_folder(stage.student):
+        found.append((f"{prefix}{stage.student.name}", stage.student))
     return found
 
 
@@ -183,7 +177,7 @@ def _mean_present(values: list[Any]) -> float | None:
 
 def _link_best(run_dir: Path, chosen: Path) -> tuple[str, str]:
     """Point ``RUN_DIR/best`` at the chosen folder: a relative symlink, or a copy where symlinks are refused."""
-    best = run_dir / BEST
+    best = RunLayout(run_dir).best
     if best.is_symlink() or best.is_file():
         best.unlink()
     elif best.is_dir():

@@ -5,7 +5,7 @@ on CPU and gives the same greedy answers, but it takes ``do_sample``, temperatur
 the whole server and draws every request from one random stream: a temperature-0 request next to a temperature-0.7 one,
 or a request's ``seed``, would not hold. Here every request keeps its own settings:
 
-- requests waiting when the generation thread becomes free (and those arriving within a few milliseconds) are
+- requests waiting when the generation thread becomes free (and those arriving soon after, see QUIET_S) are
   left-padded into one batch, decoded greedily by ``model.generate``;
 - :class:`RowSampler`, a logits processor, turns each sampling row into a draw from its own temperature / top-k /
   top-p distribution with its own random generator (Gumbel-max: ``argmax(log p + Gumbel noise)`` is a sample from

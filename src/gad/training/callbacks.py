@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import rotate_checkpoints
 
 from gad.errors import GadError
-from gad.layout import COMPLETE_MARKER, StageLayout
+from gad.layout import COMPLETE_MARKER, StageLayout, read_metrics
 
 
 class MetricsFile(TrainerCallback):
@@ -24,8 +24,8 @@ class MetricsFile(TrainerCallback):
         self.path = Path(path)
         self.stage = stage
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [row for row in read_metrics(self.path) if row["step"] <= resume_step]
+            self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
 
