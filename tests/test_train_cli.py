@@ -188,3 +188,21 @@ def test_a_model_folder_without_weights_is_one_line_before_anything_is_written(t
         argv = ["train", "--stage", stage, "--config", str(RECIPE), f"run_dir={run}", f"{key}={empty}"]
         assert f"{empty} has no weights" in _error_line(capsys, argv), stage
         assert not (run / stage).exists()
+
+
+def test_a_full_disk_is_one_line_that_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import gad.training.stages
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "seqkd" / "config.yaml"))
+
+    monkeypatch.setattr(gad.training.stages, "write_config", full)
+    line = _error_line(capsys, ["train", "--stage", "seqkd", "--config", str(RECIPE), f"run_dir={tmp_path / 'run'}"])
+    assert line.startswith("error: the disk is full writing") and "config.yaml" in line and "--resume" in line
+    from gad.cli import is_disk_full
+
+    assert is_disk_full(RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing "
+                                     "file data/0: file write failed"))  # fmt: skip
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied"))

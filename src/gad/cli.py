@@ -8,6 +8,7 @@ called with the parsed arguments. Errors the user can fix (:class:`GadError`) pr
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -68,6 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as error:
+        if args.debug or not is_disk_full(error):
+            raise
+        where = f" writing {error.filename}" if getattr(error, "filename", None) else ""
+        print(f"error: the disk is full{where}: free some space, then rerun the same command (with --resume for "
+              "`gad train`: it continues from the last complete checkpoint)", file=sys.stderr)  # fmt: skip
+        return 2
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC from Python, or torch's own wording for a failed write (its serializer raises RuntimeError)."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(error)
+    return "No space left on device" in text or "file write failed" in text
 
 
 if __name__ == "__main__":
