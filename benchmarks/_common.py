@@ -25,21 +25,22 @@ def goal(value: Any, met: bool, target: str) -> dict[str, Any]:
     return {"value": value, "met": bool(met), "target": target}
 
 
-def command_line() -> str:
-    """The command that produced a result, as it can be pasted back into a shell (from the repository root)."""
-    script = Path(sys.argv[0])
-    with_path = script.resolve().relative_to(ROOT) if script.resolve().is_relative_to(ROOT) else script
-    return shlex.join(["python", str(with_path), *sys.argv[1:]])
+def command_line(benchmark: str, argv: list[str] | None = None) -> str:
+    """The command that produced a result, as it can be pasted back into a shell from the repository root."""
+    return shlex.join(["python", f"benchmarks/{benchmark}.py", *(sys.argv[1:] if argv is None else argv)])
 
 
-def write_result(path: Path, benchmark: str, result: dict[str, Any]) -> dict[str, Any]:
-    """Write a benchmark's JSON: its name, the command, the date, the environment, its ``goals`` (a map of
-    :func:`goal` entries, required), then the rest of its figures; returns what was written."""
+def write_result(
+    path: Path, benchmark: str, result: dict[str, Any], argv: list[str] | None = None, *, script: str | None = None
+) -> dict[str, Any]:
+    """Write a benchmark's JSON: its name, the command (``argv``: the benchmark's arguments, default the process's),
+    the date, the environment, its ``goals`` (a map of :func:`goal` entries, required), then the rest of its
+    figures; returns what was written. ``script``: the file under benchmarks/ when it is not ``BENCHMARK.py``."""
     if not isinstance(result.get("goals"), dict):
         raise ValueError("a benchmark result needs a 'goals' map")
     record = {
         "benchmark": benchmark,
-        "command": command_line(),
+        "command": command_line(script or benchmark, argv),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "environment": environment(),
         **result,

@@ -696,7 +696,7 @@ def _main(args, argv) -> dict:
         "wall_seconds": time.perf_counter() - started,
     }
     print_table(result)
-    result = write_result(args.out, "oracle", result)
+    result = write_result(args.out, "oracle", result, argv)
     print(f"({result['wall_seconds']:.0f} s)")
     return result
 

@@ -532,7 +532,7 @@ def main(argv=None) -> dict:
         "notes": NOTES,
     }
     print_table(result)
-    result = write_result(Path(args.out), "persona", result)
+    result = write_result(Path(args.out), "persona", result, argv)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
     return result

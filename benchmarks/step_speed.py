@@ -643,7 +643,7 @@ def main(argv=None) -> dict:
     }
     result["table"] = table(result)
     print(result["table"])
-    return write_result(args.out, "step_speed", result)
+    return write_result(args.out, "step_speed", result, argv)
 
 
 if __name__ == "__main__":

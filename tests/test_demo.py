@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -112,13 +113,17 @@ def test_tiny_demo_runs_the_whole_pipeline_through_the_real_interfaces(tmp_path,
 
 
 def serve_processes() -> list[str]:
-    """Command lines of running `gad.serve` processes (the teacher server)."""
+    """Command lines of running `gad.serve` processes started from this test session (same GAD_CACHE_DIR)."""
+    mine = f"GAD_CACHE_DIR={os.environ['GAD_CACHE_DIR']}".encode()
     found = []
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if "gad.serve" in cmdline and proc.name.isdigit():
+        if "gad.serve" in cmdline and mine in environ:
             found.append(cmdline)
     return found

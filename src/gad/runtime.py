@@ -9,7 +9,7 @@ import os
 import platform
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gad.errors import GadError
@@ -64,6 +64,34 @@ def environ(**values: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+LAUNCH_COMMANDS = (
+    "on CPUs `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m gad.cli train ...` (gloo), "
+    "on GPUs `accelerate launch --num_processes N -m gad.cli train ...`"
+)
+
+
+def check_launch(num_processes: int, env: Mapping[str, str] | None = None) -> None:
+    """Refuse a multi-process launch that accelerate runs as single processes, each training alone and all writing
+    the same files. Two launches do that: torchrun or ``accelerate launch --multi_gpu`` on a machine without GPUs
+    and without ``ACCELERATE_USE_CPU=1`` (``WORLD_SIZE`` > 1, yet accelerate sees one process), and
+    ``accelerate launch --cpu --num_processes N``, whose launcher starts one process only (it sets ``MASTER_ADDR``
+    for N > 1 but no ``WORLD_SIZE``). ``num_processes`` is what accelerate sees (``TrainingArguments.world_size``)."""
+    env = os.environ if env is None else env
+    if num_processes > 1:
+        return
+    world_size = int(env.get("WORLD_SIZE") or 1)
+    if world_size > 1:
+        raise GadError(
+            f"WORLD_SIZE={world_size} but accelerate sees one process (without GPUs it needs ACCELERATE_USE_CPU=1), "
+            f"so each process would train alone; launch with {LAUNCH_COMMANDS}"
+        )
+    if "ACCELERATE_DYNAMO_BACKEND" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
+        raise GadError(
+            "`accelerate launch --cpu --num_processes N` starts one process only; launch with "
+            f"{LAUNCH_COMMANDS} (or unset MASTER_ADDR to run one process on purpose)"
+        )
 
 
 def stop_on_sigterm() -> None:

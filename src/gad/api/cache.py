@@ -20,7 +20,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -129,19 +129,17 @@ class TeacherCache:
         return None if row is None else CacheEntry(*row[:6], model=row[6])
 
     def get_many(self, keys: Iterable[str]) -> dict[str, CacheEntry]:
-        """Entries for those of ``keys`` that are cached (one query per 500 keys)."""
+        """Entries for those of ``keys`` that are cached."""
+        columns = "key, text, finish_reason, prompt_tokens, completion_tokens, latency_s, created_at, model"
+        return {row[0]: CacheEntry(*row[1:7], model=row[7]) for row in self._select_keys("answers", columns, keys)}
+
+    def _select_keys(self, table: str, columns: str, keys: Iterable[str]) -> Iterator[tuple]:
+        """Rows of ``table`` whose key is in ``keys``, one query per 500 keys (SQLite's parameter limit)."""
         keys = list(keys)
-        found: dict[str, CacheEntry] = {}
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for row in self._db.execute(
-                "SELECT key, text, finish_reason, prompt_tokens, completion_tokens, latency_s, created_at, model "
-                f"FROM answers WHERE key IN ({marks})",
-                chunk,
-            ):
-                found[row[0]] = CacheEntry(*row[1:7], model=row[7])
-        return found
+            yield from self._db.execute(f"SELECT {columns} FROM {table} WHERE key IN ({marks})", chunk)
 
     def put(self, key: str, entry: CacheEntry) -> None:
         """Store an answer and commit it. An existing answer is kept: the first one paid for is the one used."""
@@ -166,16 +164,8 @@ class TeacherCache:
         )
 
     def get_failures(self, keys: Iterable[str]) -> dict[str, Failure]:
-        keys = list(keys)
-        found: dict[str, Failure] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in self._db.execute(
-                f"SELECT key, reason, detail, created_at FROM failures WHERE key IN ({marks})", chunk
-            ):
-                found[row[0]] = Failure(*row[1:])
-        return found
+        rows = self._select_keys("failures", "key, reason, detail, created_at", keys)
+        return {row[0]: Failure(*row[1:]) for row in rows}
 
     def __contains__(self, key: str) -> bool:
         return self._db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone() is not None

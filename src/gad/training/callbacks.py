@@ -17,12 +17,15 @@ class MetricsFile(TrainerCallback):
     """Appends every log step to ``OUTPUT_DIR/metrics.jsonl`` as one JSON object with ``step``, ``epoch``, metrics.
 
     On resume, lines logged after the checkpoint (by the run that was killed) are dropped first, so the file reads
-    as one uninterrupted run.
+    as one uninterrupted run. Only the main process (``main_process``) touches the file: the logged values are
+    already averaged over every process.
     """
 
-    def __init__(self, path: str | Path, stage: str, resume_step: int | None = None):
+    def __init__(self, path: str | Path, stage: str, resume_step: int | None = None, *, main_process: bool = True):
         self.path = Path(path)
         self.stage = stage
+        if not main_process:
+            return
         if resume_step is not None and self.path.exists():
             kept = [row for row in read_metrics(self.path) if row["step"] <= resume_step]
             self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
@@ -67,6 +70,8 @@ class CompleteCheckpoints:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
+        # Every process writes its own part (its RNG state; its shard of a sharded model): complete means all of them.
+        self.accelerator.wait_for_everyone()
         if not self.args.should_save:
             return
         run_dir = self._get_output_dir(trial=trial)

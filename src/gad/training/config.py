@@ -10,6 +10,7 @@ learning rate, AdamW with weight decay 0.01, one update per step.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,9 +18,10 @@ from trl import GRPOConfig, SFTConfig
 
 from gad.errors import GadError
 from gad.layout import StageLayout
-from gad.training.discriminator import LOSSES
+from gad.training.discriminator import LOSSES, REWARD_TRANSFORMS
 
 STUDENT_OBJECTIVES = ("policy_gradient", "teacher_sft")
+REWARD_SOURCES = ("discriminator", "style_regex")
 
 
 def _help(text: str) -> dict:
@@ -271,6 +273,87 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
         default=1536, metadata=_help("Longest student sample and teacher response, in student tokens (paper: 1536).")
     )
     num_train_epochs: float = field(default=2.0, metadata=_help("Epochs over the prompts (paper: 2 for GAD)."))
+    # -- safeguards and diagnostics; all off by default (the paper's setting) --------------------------------------
+    reward_transform: str = field(
+        default="raw",
+        metadata=_help(
+            "How the discriminator's score D becomes the student's reward: 'raw' (D, the paper's) or 'logsigmoid' "
+            "(log sigmoid(D), GAIL's bounded reward: at most 0, so a discriminator that drifts to large scores cannot "
+            "hand out large rewards)."
+        ),
+    )
+    reward_source: str = field(
+        default="discriminator",
+        metadata=_help(
+            "Where the reward comes from: 'discriminator' (GAD) or 'style_regex' (1 when a sample matches style_regex, "
+            "else 0): a sanity check of the RL loop with a known-good reward, not GAD. The discriminator still trains "
+            "and logs as usual."
+        ),
+    )
+    style_regex: str | None = field(
+        default=None,
+        metadata=_help(
+            "A regular expression (Python re.search) that a teacher-like sample matches, e.g. '(?i)ahoy|matey' for a "
+            "pirate persona. Logged as style_match (share of samples that match) whenever set; the reward when "
+            "reward_source=style_regex."
+        ),
+    )
+    discriminator_skip_accuracy: float | None = field(
+        default=None,
+        metadata=_help(
+            "Skip the discriminator's update while its accuracy on the step's fresh samples (before any update, "
+            "averaged over processes) is above this value: a discriminator that wins every pair gives the student no "
+            "usable reward gradient. At most discriminator_max_skips steps in a row; logged as d_skipped. None: "
+            "always update (paper)."
+        ),
+    )
+    discriminator_max_skips: int = field(
+        default=3, metadata=_help("Most consecutive skipped discriminator updates; the next step updates.")
+    )
+    discriminator_collapse_accuracy: float | None = field(
+        default=None,
+        metadata=_help(
+            "Flag d_collapse (and warn once in the log) while the fresh-sample accuracy averaged over the last "
+            "safeguard_window steps is below this value (0.2 is a good choice): the student fools the discriminator "
+            "systematically, usually by a shortcut it rewards. None: off."
+        ),
+    )
+    discriminator_saturation_accuracy: float | None = field(
+        default=None,
+        metadata=_help(
+            "Flag d_saturated (and warn once) while that averaged accuracy is at or above this value (0.99 is a good "
+            "choice): the discriminator wins every pair and its scores stop ranking the student's samples. None: off."
+        ),
+    )
+    safeguard_window: int = field(
+        default=5, metadata=_help("Steps over which d_collapse and d_saturated average the fresh-sample accuracy.")
+    )
+    discriminator_val_every: int | None = field(
+        default=None,
+        metadata=_help(
+            "Every N steps, log d_acc_val (and d_score_gap_val): the discriminator's accuracy on a fixed validation "
+            "set of prompts it never trains on, each teacher answer against a fresh sample of the current student. "
+            "The prompts are discriminator_val_file's, else discriminator_val_size rows held out of train_file "
+            "(drawn with seed, removed from training). None: off."
+        ),
+    )
+    discriminator_val_size: int = field(
+        default=16, metadata=_help("Validation prompts for d_acc_val (the first ones of discriminator_val_file).")
+    )
+    discriminator_val_file: str | None = field(
+        default=None,
+        metadata=_help(
+            "Validation data for d_acc_val, in train_file's format (same prompt and response columns). Default: rows "
+            "held out of train_file."
+        ),
+    )
+    discriminator_val_temperature: float = field(
+        default=0.0,
+        metadata=_help(
+            "Sampling temperature of the validation samples; 0: greedy, so d_acc_val moves only with the models. A "
+            "sampled one draws from its own seeded generator and leaves training's random state alone."
+        ),
+    )
 
     def __post_init__(self):
         if self.init_from:
@@ -305,7 +388,43 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
             raise GadError(f"student_gate_accuracy must be in [0, 1], got {self.student_gate_accuracy}")
         if not 0.0 <= self.gate_smoothing < 1.0:
             raise GadError(f"gate_smoothing must be in [0, 1), got {self.gate_smoothing}")
+        _validate_safeguards(self)
         super().__post_init__()
+
+
+def _validate_safeguards(config: GADConfig) -> None:
+    for name, value, choices in (
+        ("reward_transform", config.reward_transform, tuple(REWARD_TRANSFORMS)),
+        ("reward_source", config.reward_source, REWARD_SOURCES),
+    ):
+        if value not in choices:
+            raise GadError(f"unknown {name} '{value}'; choose one of {', '.join(choices)}")
+    if config.reward_source == "style_regex" and not config.style_regex:
+        raise GadError("reward_source=style_regex needs style_regex: a regular expression teacher-like samples match")
+    if config.style_regex is not None:
+        try:
+            re.compile(config.style_regex)
+        except re.error as error:
+            raise GadError(f"style_regex is not a valid regular expression: {error}") from None
+    for name in ("discriminator_skip_accuracy", "discriminator_collapse_accuracy", "discriminator_saturation_accuracy"):
+        value = getattr(config, name)
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise GadError(f"{name} must be in [0, 1] (or none: off), got {value}")
+    for name in ("discriminator_max_skips", "safeguard_window", "discriminator_val_size"):
+        if getattr(config, name) < 1:
+            raise GadError(f"{name} must be at least 1, got {getattr(config, name)}")
+    collapse, saturation = config.discriminator_collapse_accuracy, config.discriminator_saturation_accuracy
+    if collapse is not None and saturation is not None and collapse >= saturation:
+        raise GadError(f"discriminator_collapse_accuracy ({collapse}) must be below the saturation one ({saturation})")
+    every, val_file = config.discriminator_val_every, config.discriminator_val_file
+    if every is not None and every < 1:
+        raise GadError(f"discriminator_val_every must be at least 1 (or none: off), got {every}")
+    if val_file and every is None:
+        raise GadError("discriminator_val_file is set but discriminator_val_every is not: say how often to measure")
+    if val_file and not Path(val_file).exists():
+        raise GadError(f"discriminator_val_file not found: {val_file}")
+    if (temperature := config.discriminator_val_temperature) < 0:
+        raise GadError(f"discriminator_val_temperature must be >= 0 (0: greedy), got {temperature}")
 
 
 @dataclass

@@ -8,11 +8,17 @@ re-implementers of GAD hit), and a discriminator with another tokenizer than the
 
 The score is the scalar head's output at the last token of the sequence (the paper's choice). Sequences longer than
 ``max_length`` are cut from the left, so the ending, where the score is read, is always kept.
+
+Encoder checkpoints (BERT, RoBERTa, MiniLM, ...) work too, as encoders: their text gets the tokenizer's special tokens
+([CLS] ... [SEP]), the score is the model's own pooled output (the first token, [CLS], for the BERT family), and a long
+sequence loses the start of its prompt, never [CLS] nor the response's end. ``max_length`` is capped at the positions
+the model can embed (512 for BERT), special tokens included.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 LOSSES = ("bradley_terry", "cross_entropy")
+# How a discriminator score becomes a GRPO reward: the raw score (the paper's), or log sigmoid(D), GAIL's bounded
+# reward (at most 0, flat where the discriminator is sure a sample is the teacher's, steep where it is sure it is not).
+REWARD_TRANSFORMS = {"raw": lambda scores: scores, "logsigmoid": F.logsigmoid}
 
 
 def bradley_terry_loss(teacher_scores: torch.Tensor, student_scores: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
@@ -55,6 +64,28 @@ class DiscriminatorStats:
     teacher_score: float
     student_score: float
 
+    @classmethod
+    def from_scores(
+        cls,
+        teacher_scores: torch.Tensor,
+        student_scores: torch.Tensor,
+        group: Sequence[int],
+        *,
+        loss: float,
+        num_fresh: int | None = None,
+    ) -> DiscriminatorStats:
+        """Accuracy (share of pairs with the teacher ranked above the sample) and mean scores over the first
+        ``num_fresh`` student samples (default: all) and their prompts' teacher responses."""
+        fresh = list(group)[:num_fresh]
+        teacher, student = teacher_scores.detach(), student_scores.detach()[: len(fresh)]
+        index = torch.as_tensor(fresh, dtype=torch.long, device=teacher.device)
+        return cls(
+            loss=loss,
+            accuracy=(teacher[index] > student.to(teacher.device)).float().mean().item(),
+            teacher_score=teacher[sorted(set(fresh))].mean().item(),
+            student_score=student.mean().item(),
+        )
+
     @property
     def score_gap(self) -> float:
         return self.teacher_score - self.student_score
@@ -70,16 +101,27 @@ class DiscriminatorStats:
 
 
 class Discriminator(torch.nn.Module):
-    """A sequence scorer over [prompt; response] text: a causal-LM backbone with a one-output linear head.
+    """A sequence scorer over [prompt; response] text: a causal-LM backbone with a one-output linear head, or an
+    encoder classifier (``is_encoder``), which pools on its own.
 
     Built from ``AutoModelForSequenceClassification(num_labels=1)`` so that the saved folder loads with plain
-    transformers. Dropout is switched off (the paper's choice), so scoring is deterministic.
+    transformers. Dropout is switched off (the paper's choice), so scoring is deterministic. ``max_length`` counts
+    every token the model reads, special tokens included, and is capped at the model's position limit.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, max_length: int = 4096):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
+        # transformers' decoder classifiers (Llama, Qwen, GPT-2, ...) name their head `score` and read the last real
+        # token; encoder classifiers (BERT, RoBERTa, DeBERTa, ...) name it `classifier` and pool the first token.
+        self.is_encoder = not hasattr(model, "score")
+        limit = _position_limit(model)
+        if limit is not None and max_length > limit:
+            # Past it an absolute-position model fails ("expanded size 3011 must match 512") and a rotary one reads
+            # positions it never trained on.
+            logger.info("discriminator sequences are cut at %d tokens, the positions its model embeds", limit)
+            max_length = limit
         self.max_length = max_length
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -159,15 +201,17 @@ class Discriminator(torch.nn.Module):
             padding_side="right",
             truncation=True,
             max_length=self.max_length,
-            add_special_tokens=False,  # the chat template already holds every special token
+            # A decoder's chat template already holds every special token. An encoder needs [CLS] ... [SEP]: it pools
+            # [CLS]; with left truncation the tokenizer cuts the text between them, so both survive.
+            add_special_tokens=self.is_encoder,
         )
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Scores [B] read at each sequence's last real token."""
-        if not hasattr(self.model, "score"):
-            # Encoder classifiers (BERT-like) pool on their own; their logits are already per sequence.
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+        """Scores [B]: read at each sequence's last real token, or an encoder's own pooled output."""
+        if self.is_encoder:
+            # The model's pooling (BERT: [CLS], position 0 of a right-padded batch) decides where the score is read.
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
         backbone = getattr(self.model, self.model.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = attention_mask.sum(dim=1) - 1
@@ -190,6 +234,25 @@ class Discriminator(torch.nn.Module):
         return torch.cat(scores) if scores else torch.zeros(0, device=self.device)
 
 
+def evaluate_pairs(
+    discriminator: Discriminator,
+    prompts: Sequence[Messages],
+    teacher_responses: Sequence[str],
+    group: Sequence[int],
+    student_scores: torch.Tensor,
+    *,
+    loss: str = "bradley_terry",
+    batch_size: int = 16,
+) -> DiscriminatorStats:
+    """What :meth:`DiscriminatorUpdater.step` reports, without updating: how the discriminator ranks teacher response
+    ``teacher_responses[group[i]]`` against student sample i, whose score ``student_scores[i]`` is given."""
+    teacher_scores = discriminator.score(prompts, teacher_responses, batch_size=batch_size)
+    student_scores = student_scores.detach().to(teacher_scores.device).float()
+    group_t = torch.as_tensor(list(group), dtype=torch.long, device=teacher_scores.device)
+    value = DISCRIMINATOR_LOSSES[loss](teacher_scores, student_scores, group_t).item()
+    return DiscriminatorStats.from_scores(teacher_scores, student_scores, group, loss=value)
+
+
 def _require_finite(loss: torch.Tensor) -> None:
     if not torch.isfinite(loss):
         raise GadError(
@@ -205,6 +268,11 @@ class DiscriminatorUpdater:
     with gradients and back-propagated with that score gradient. This is exact because scoring is deterministic (no
     dropout). Student scores computed earlier for the reward (before this update, as in the paper's Algorithm 1)
     are reused; if they still hold their graph, it is back-propagated directly (one forward pass less).
+
+    With several processes (``accelerator``), each holds its own pairs, as many or not, and the step is the one a
+    single process would take on all of them: each back-propagates its share of the mean over every process's pairs,
+    the gradients are summed across processes, so every copy of the discriminator takes the same step; the returned
+    statistics are over every process's pairs too.
     """
 
     def __init__(
@@ -225,9 +293,12 @@ class DiscriminatorUpdater:
         self.max_grad_norm = max_grad_norm
         self.batch_size = batch_size
         self.accelerator = accelerator
-        self.optimizer = torch.optim.AdamW(
-            [p for p in discriminator.parameters() if p.requires_grad], lr=learning_rate, weight_decay=weight_decay
-        )
+        self.trainable = [p for p in discriminator.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=learning_rate, weight_decay=weight_decay)
+
+    @property
+    def distributed(self) -> bool:
+        return self.accelerator is not None and self.accelerator.num_processes > 1
 
     def step(
         self,
@@ -251,43 +322,74 @@ class DiscriminatorUpdater:
         group_t = torch.as_tensor(group, dtype=torch.long, device=disc.device)
         student_prompts = [prompts[g] for g in group]
         self.optimizer.zero_grad(set_to_none=True)
-        if student_scores is not None and student_scores.requires_grad:
+        fused = student_scores is not None and student_scores.requires_grad
+        if fused:
             teacher_graph = disc.score_with_grad(prompts, teacher_responses, batch_size=self.batch_size)
-            loss = self.loss_fn(teacher_graph, student_scores, group_t)
-            _require_finite(loss)
-            loss.backward()
-            teacher_scores, student_scores = teacher_graph.detach(), student_scores.detach()
+            student_graph = student_scores
         else:
             teacher_scores = disc.score(prompts, teacher_responses, batch_size=self.batch_size)
             if student_scores is None:
                 student_scores = disc.score(student_prompts, student_responses, batch_size=self.batch_size)
-            student_scores = student_scores.to(disc.device).float()
-            t_leaf = teacher_scores.clone().requires_grad_(True)
-            s_leaf = student_scores.clone().requires_grad_(True)
-            loss = self.loss_fn(t_leaf, s_leaf, group_t)
-            _require_finite(loss)
-            loss.backward()
-            self._backward_chunks(prompts, teacher_responses, t_leaf.grad)
-            self._backward_chunks(student_prompts, student_responses, s_leaf.grad)
-        if self.accelerator is not None and self.accelerator.num_processes > 1:
-            for parameter in disc.parameters():
-                if parameter.grad is not None:
-                    parameter.grad = self.accelerator.reduce(parameter.grad, reduction="mean")
+            # Leaves: the loss's gradient with respect to each score, back-propagated chunk by chunk below.
+            teacher_graph = teacher_scores.clone().requires_grad_(True)
+            student_graph = student_scores.to(disc.device).float().clone().requires_grad_(True)
+        loss = self.loss_fn(teacher_graph, student_graph, group_t) if group else None  # a process may have no pairs
+        chunks = 0
+        if loss is not None and not fused:
+            chunks = self._chunks(len(teacher_responses)) + self._chunks(len(student_responses))
+        stats, pairs, most_chunks = self._combine(
+            loss, teacher_graph.detach(), student_graph.detach(), group, num_fresh, chunks
+        )
+        _require_finite(torch.tensor(stats.loss))  # the loss of every process's pairs: all processes stop together
+        if loss is not None:
+            (loss * (len(group) / pairs)).backward()
+            if not fused:
+                self._backward_chunks(prompts, teacher_responses, teacher_graph.grad)
+                self._backward_chunks(student_prompts, student_responses, student_graph.grad)
+        self._pad_chunks(most_chunks - chunks)
+        self._sum_gradients()
         if self.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(disc.parameters(), self.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return stats
 
-        fresh = slice(0, num_fresh)
-        fresh_teachers = sorted(set(group[fresh]))
-        with torch.no_grad():
-            accuracy = (teacher_scores[group_t[fresh]] > student_scores[fresh]).float().mean().item()
-        return DiscriminatorStats(
-            loss=loss.item(),
-            accuracy=accuracy,
-            teacher_score=teacher_scores[fresh_teachers].mean().item(),
-            student_score=student_scores[fresh].mean().item(),
+    def _chunks(self, count: int) -> int:
+        """How many chunks :meth:`_backward_chunks` runs for ``count`` sequences."""
+        return len(range(0, count, self.batch_size))
+
+    def _combine(
+        self,
+        loss: torch.Tensor | None,
+        teacher_scores: torch.Tensor,
+        student_scores: torch.Tensor,
+        group: list[int],
+        num_fresh: int | None,
+        chunks: int,
+    ) -> tuple[DiscriminatorStats, float, int]:
+        """The statistics over every process's pairs, how many pairs that is, and the most chunks any process will
+        back-propagate; one gather. Each process's means are weighted by its counts (pairs, fresh samples, fresh
+        prompts), so uneven processes give what one process holding every pair would."""
+        fresh = group[:num_fresh]
+        counts = [len(group), len(fresh), len(fresh), len(set(fresh))]  # loss, accuracy, student score, teacher score
+        means = [math.nan] * 4
+        if loss is not None:
+            local = DiscriminatorStats.from_scores(
+                teacher_scores, student_scores, group, loss=loss.item(), num_fresh=num_fresh
+            )
+            means = [local.loss, local.accuracy, local.student_score, local.teacher_score]
+        sums = [mean * count if count else 0.0 for mean, count in zip(means, counts, strict=True)]
+        row = torch.tensor([[chunks, *counts, *sums]], dtype=torch.float64, device=self.discriminator.device)
+        table = self.accelerator.gather(row) if self.distributed else row  # [processes, 9]
+        totals = table.sum(dim=0).tolist()
+        counts, sums = totals[1:5], totals[5:]
+        mean_loss, accuracy, student_score, teacher_score = (
+            total / count if count else math.nan for total, count in zip(sums, counts, strict=True)
         )
+        stats = DiscriminatorStats(
+            loss=mean_loss, accuracy=accuracy, teacher_score=teacher_score, student_score=student_score
+        )
+        return stats, counts[0], int(table[:, 0].max().item())
 
     def _backward_chunks(self, prompts: Sequence[Messages], responses: Sequence[str], grads: torch.Tensor) -> None:
         disc = self.discriminator
@@ -297,11 +399,46 @@ class DiscriminatorUpdater:
             scores = disc(**{k: v.to(disc.device) for k, v in batch.items()})
             scores.backward(grads[start:end])
 
+    def _pad_chunks(self, count: int) -> None:
+        """Forward and backward passes with zero gradient on a one-token sequence, so that every process runs as many
+        passes as the busiest one: a sharded discriminator gathers its weights in each pass, in collectives that
+        every process must join or all of them wait forever."""
+        disc = self.discriminator
+        input_ids = torch.full((1, 1), disc.tokenizer.pad_token_id, dtype=torch.long, device=disc.device)
+        for _ in range(count):
+            scores = disc(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+            scores.backward(torch.zeros_like(scores))
+
+    def _sum_gradients(self) -> None:
+        """Sum every trainable parameter's gradient across processes, each holding its share of the mean. A parameter
+        without a gradient here (no pairs, or outside this process's graph) takes part with zeros, so that every
+        process makes the same all-reduces in the same order."""
+        if not self.distributed:
+            return
+        for parameter in self.trainable:
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            parameter.grad = self.accelerator.reduce(parameter.grad, reduction="sum")
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _position_limit(model: torch.nn.Module) -> int | None:
+    """How many tokens the model can read: ``max_position_embeddings``, less the offset of models whose position ids
+    start after the padding index (RoBERTa's family: 514 embeddings, 512 usable). None when the config has no limit."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+            if module.padding_idx is not None:
+                limit -= module.padding_idx + 1
+            break
+    return limit
 
 
 def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList | None:

@@ -24,6 +24,7 @@ from gad.errors import GadError
 from gad.layout import StageLayout, checkpoint_step
 from gad.models import load_tokenizer, require_model_folder, resolve_model
 from gad.prepare import gad_dataset, sft_dataset, truncate_rows
+from gad.runtime import check_launch
 from gad.training.callbacks import MetricsFile, NanGuard
 from gad.training.config import GADConfig, SeqKDConfig, check_inputs
 from gad.training.discriminator import Discriminator
@@ -62,34 +63,54 @@ def run_stage(
     the beginning, so ``gad train --stage seqkd,warmup,gad --resume`` picks a killed pipeline up where it stopped.
     """
     layout = StageLayout(Path(config.output_dir))
+    check_launch(config.world_size)  # also sets up the process group (the config's backend and ddp_timeout)
+    main_process = config.process_index == 0
+    if not main_process:
+        _quiet_replica()
     if resume is True and _finished(layout, config):
         logger.info("%s already finished in %s; nothing to resume", stage, layout.root)
         return StageResult(stage, layout, skipped=True)
     check_inputs(config)
-    checkpoint = _checkpoint_to_resume(layout, resume, overwrite)
+    # The main process clears what a fresh start replaces; the others then read the cleared folder and reach the
+    # same decision without deleting anything themselves (were it an error, the main process raises it first and
+    # releases them to raise the same).
+    with config.main_process_first(local=False, desc="choosing the checkpoint"):
+        checkpoint = _checkpoint_to_resume(layout, resume, overwrite)
+    with config.main_process_first(desc="building built-in models"):  # written into the cache once per machine
+        for name in filter(None, (config.student, config.discriminator)):
+            resolve_model(name)
 
     data = load_stage_data(config)
     if stage != "seqkd":  # before anything is written: a bad discriminator folder must not leave a half-made stage
         require_model_folder(resolve_model(config.discriminator or data.student), "discriminator")
     warn_if_too_short(stage, config, len(data.rows))
 
-    layout.root.mkdir(parents=True, exist_ok=True)
-    write_config(layout.config, stage, config, data=data.counts)
+    if main_process:
+        layout.root.mkdir(parents=True, exist_ok=True)
+        write_config(layout.config, stage, config, data=data.counts)
     own = [
-        MetricsFile(layout.metrics, stage, resume_step=checkpoint_step(checkpoint) if checkpoint else None),
+        MetricsFile(
+            layout.metrics,
+            stage,
+            resume_step=checkpoint_step(checkpoint) if checkpoint else None,
+            main_process=main_process,
+        ),
         NanGuard(),
     ]
     trainer = build_trainer(stage, config, data.student, data.tokenizer, data.rows, data.lengths, [*own, *callbacks])
     tokenizer = data.tokenizer
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
-    if trainer.accelerator.is_main_process:
-        save_student(trainer, layout.student)
+    accelerator = trainer.accelerator
+    save_student(trainer, layout.student)  # every process: a sharded (FSDP, DeepSpeed) student is gathered together
+    if accelerator.is_main_process:
         tokenizer.save_pretrained(layout.student)
         if stage != "seqkd":
-            trainer.discriminator.save_pretrained(layout.discriminator)
+            trainer.discriminator.save_pretrained(layout.discriminator)  # replicated: every copy is the same
+    accelerator.wait_for_everyone()  # the marker says that every process has written its part
+    if accelerator.is_main_process:
         layout.finished_marker.write_text(json.dumps({"stage": stage, **_length(config)}))
-    trainer.accelerator.wait_for_everyone()
+    accelerator.wait_for_everyone()  # the next stage, on every process, starts from these folders
     logger.info("%s finished: student in %s", stage, layout.student)
     return StageResult(stage, layout, trainer.state.global_step, list(trainer.state.log_history))
 
@@ -200,12 +221,21 @@ def lora_config(config):
 
 
 def save_student(trainer, folder: Path) -> None:
-    """The student as a plain Hugging Face folder; LoRA adapters are merged into the weights first."""
+    """The student as a plain Hugging Face folder; LoRA adapters are merged into the weights first. Called on every
+    process (saving a sharded model is a collective); only the main process writes."""
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
-        model.merge_and_unload().save_pretrained(folder)
+        model.merge_and_unload().save_pretrained(folder, is_main_process=trainer.accelerator.is_main_process)
     else:
         trainer.save_model(str(folder))
+
+
+def _quiet_replica() -> None:
+    """Every process runs the same code: the main one's log is enough. Errors still show, from any process."""
+    logging.getLogger("gad").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" and "Writing model shards", once per process otherwise
 
 
 def write_config(path: Path, stage: str, config, data: dict) -> None:

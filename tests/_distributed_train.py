@@ -1,0 +1,44 @@
+"""Helper of tests/test_distributed.py: the `gad` command line with a test hook, for a multi-process launch.
+
+After each warmup or gad stage has trained, every process writes a hash of each tensor of its own discriminator to
+``$GAD_TEST_HASHES/STAGE-rankN.json``, so that the test can check that the processes' copies stayed equal, and equal
+to the saved one.
+
+    ACCELERATE_USE_CPU=1 python -m torch.distributed.run --standalone --nproc_per_node 2 \\
+        tests/_distributed_train.py train --stage warmup,gad --config recipes/tiny-cpu.yaml ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+def tensor_hashes(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    return {name: hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest() for name, t in state.items()}
+
+
+def main(argv: list[str]) -> int:
+    from gad.cli import main as gad_main
+    from gad.training.gad_trainer import GADTrainer
+
+    train = GADTrainer.train
+
+    def train_and_hash(self, *args, **kwargs):
+        result = train(self, *args, **kwargs)
+        name = f"{Path(self.args.output_dir).name}-rank{self.accelerator.process_index}.json"
+        hashes = tensor_hashes(self.discriminator.model.state_dict())
+        (Path(os.environ["GAD_TEST_HASHES"]) / name).write_text(json.dumps(hashes))
+        return result
+
+    GADTrainer.train = train_and_hash
+    return gad_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

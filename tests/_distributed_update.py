@@ -1,0 +1,84 @@
+"""Helper of tests/test_distributed.py: one DiscriminatorUpdater step per scenario, each process on its own share of
+the pairs (uneven on purpose: other prompts, other sample counts, or none at all). Each process saves what the step
+did (gradients, parameters, statistics) to OUT_DIR/SCENARIO-rankN.pt; the test compares them with one process
+stepping on the union of the shares (:func:`run_update` without an accelerator).
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/_distributed_update.py MODEL_DIR OUT_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TIMEOUT_S = 45  # process-group timeout: a collective that one process never joins fails instead of hanging
+BATCH_SIZE = 2  # sequences per chunk: the shares below run different numbers of chunks
+
+# Per scenario: how the student scores reach the update (None: re-scored; "reuse": detached reward scores;
+# "fused": reward scores that keep their graph), and per process a share: (prompt id, samples of it) pairs.
+SCENARIOS: dict[str, tuple[str | None, list[list[tuple[int, int]]]]] = {
+    "uneven": (None, [[(0, 2)], [(1, 3), (2, 3), (3, 3)]]),  # 1 + 1 chunks against 2 + 5
+    "idle": ("reuse", [[], [(0, 2), (1, 1)]]),  # one process without a single pair
+    "fused": ("fused", [[(0, 1), (1, 4)], [(2, 2)]]),
+}
+
+
+def pairs(share: list[tuple[int, int]]) -> tuple[list, list[str], list[str], list[int]]:
+    """Prompts and teacher responses (one per prompt), student samples and each sample's prompt index."""
+    prompts, teachers, students, group = [], [], [], []
+    for index, (prompt_id, samples) in enumerate(share):
+        prompts.append([{"role": "user", "content": f"Tell me about ship {prompt_id}."}])
+        teachers.append(f"Arr, ship {prompt_id} be the finest vessel on the seven seas, matey!")
+        students += [f"Ship {prompt_id} is a boat. " * (sample + 1) for sample in range(samples)]
+        group += [index] * samples
+    return prompts, teachers, students, group
+
+
+def run_update(model_dir: str | Path, share: list[tuple[int, int]], mode: str | None, accelerator=None) -> dict:
+    """One step from a freshly loaded discriminator (the same weights in every process); what it did."""
+    from gad.training.discriminator import Discriminator, DiscriminatorUpdater
+
+    disc = Discriminator.from_pretrained(model_dir, seed=0)
+    updater = DiscriminatorUpdater(disc, learning_rate=1e-3, batch_size=BATCH_SIZE, accelerator=accelerator)
+    grads: list[torch.Tensor] = []
+    # The gradient the optimizer is given (summed across processes, clipped): AdamW's first step is about
+    # lr * sign(gradient), which would hide a wrongly scaled gradient; the gradient itself does not.
+    updater.optimizer.register_step_pre_hook(
+        lambda optimizer, args, kwargs: grads.extend(p.grad.clone() for p in updater.trainable)
+    )
+    prompts, teachers, students, group = pairs(share)
+    scores = None
+    if mode is not None:
+        score = disc.score_with_grad if mode == "fused" else disc.score
+        scores = score([prompts[g] for g in group], students, batch_size=BATCH_SIZE)
+    stats = updater.step(prompts, teachers, students, group, scores)
+    return {
+        "grads": grads,
+        "params": [p.detach().clone() for p in updater.trainable],
+        "stats": stats.as_metrics(),
+    }
+
+
+def union(shares: list[list[tuple[int, int]]]) -> list[tuple[int, int]]:
+    return [pair for share in shares for pair in share]
+
+
+def main(argv: list[str]) -> None:
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    model_dir, out = argv[0], Path(argv[1])
+    accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=TIMEOUT_S))])
+    rank = accelerator.process_index
+    for name, (mode, shares) in SCENARIOS.items():
+        result: dict[str, Any] = run_update(model_dir, shares[rank], mode, accelerator)
+        torch.save(result, out / f"{name}-rank{rank}.pt")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
