@@ -20,7 +20,7 @@ import torch
 
 
 def tensor_hashes(state: dict[str, torch.Tensor]) -> dict[str, str]:
-    return {name: hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest() for name, t in state.items()}
+    return {name: hashlib.sha256(t.detach().cpu().numpy().tobytes()).hexdigest() for name, t in state.items()}
 
 
 def main(argv: list[str]) -> int:

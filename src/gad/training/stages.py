@@ -77,7 +77,7 @@ def run_stage(
     with config.main_process_first(local=False, desc="choosing the checkpoint"):
         checkpoint = _checkpoint_to_resume(layout, resume, overwrite)
     with config.main_process_first(desc="building built-in models"):  # written into the cache once per machine
-        for name in filter(None, (config.student, config.discriminator)):
+        for name in filter(None, (config.student, getattr(config, "discriminator", None))):
             resolve_model(name)
 
     data = load_stage_data(config)

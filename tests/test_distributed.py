@@ -1,0 +1,138 @@
+"""Several processes on the CPU (gloo, 2 processes): data-parallel training through the real `gad train`, resume,
+the discriminator's update with uneven per-process samples, and the launch that silently runs one process.
+
+Every launch has a short process-group timeout (``ddp_timeout``, or the helper's own) and a subprocess timeout, so a
+collective that some process never joins fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gad.errors import GadError
+from gad.runtime import check_launch
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+RECIPE = REPO / "recipes" / "tiny-cpu.yaml"
+LAUNCH_TIMEOUT_S = 240
+# 2 processes x (8 samples = 2 prompts x 4) per step; ddp_timeout: a hung collective fails after 45 s.
+SHORT = ["warmup.max_steps=2", "warmup.d_only_steps=1", "gad.max_steps=2", "per_device_train_batch_size=8",
+         "logging_steps=1", "save_steps=2", "ddp_timeout=45"]  # fmt: skip
+
+
+def _launch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone --nproc_per_node 2 ARGS`` on the CPU (gloo), one thread each."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(
+        command, capture_output=True, text=True, cwd=REPO, env=environment, timeout=LAUNCH_TIMEOUT_S
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+def _train(run: Path, hashes: Path, *args: str) -> subprocess.CompletedProcess:
+    hashes.mkdir(parents=True, exist_ok=True)
+    return _launch(
+        str(TESTS / "_distributed_train.py"), "train", "--config", str(RECIPE), f"run_dir={run}", *SHORT, *args,
+        env={"GAD_TEST_HASHES": str(hashes)},
+    )  # fmt: skip
+
+
+def _hashes(folder: Path, name: str) -> dict[str, str]:
+    return json.loads((folder / f"{name}.json").read_text())
+
+
+def _steps(metrics: Path, key: str) -> dict[int, float]:
+    rows = [row for row in map(json.loads, metrics.read_text().splitlines()) if key in row]
+    steps = [row["step"] for row in rows]
+    assert len(steps) == len(set(steps)), f"{metrics}: step lines written more than once: {steps}"
+    return {row["step"]: row[key] for row in rows}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path, str]:
+    """warmup then gad, 2 steps each, by 2 processes; every process's discriminator hashes; the launch's log."""
+    root = tmp_path_factory.mktemp("ddp")
+    run, hashes = root / "run", root / "hashes"
+    result = _train(run, hashes, "--stage", "warmup,gad", f"warmup.student={tiny_model_dir}")
+    return run, hashes, result.stdout + result.stderr
+
+
+def test_data_parallel_training_keeps_the_discriminators_equal_and_writes_once(ddp_run):
+    from _distributed_train import tensor_hashes
+    from safetensors.torch import load_file
+
+    run, hashes, log = ddp_run
+    for stage in ("warmup", "gad"):
+        rank0, rank1 = _hashes(hashes, f"{stage}-rank0"), _hashes(hashes, f"{stage}-rank1")
+        assert rank0 == rank1, f"{stage}: the processes' discriminators differ"
+        saved = tensor_hashes(load_file(run / stage / "discriminator" / "model.safetensors"))
+        assert saved and all(rank0[name] == value for name, value in saved.items()), stage
+        assert sorted(_steps(run / stage / "metrics.jsonl", "d_loss")) == [1, 2]
+        assert (run / stage / "gad_finished.json").is_file()
+        assert (run / stage / "student" / "model.safetensors").is_file()
+        checkpoint = run / stage / "checkpoint-2"
+        assert (checkpoint / "gad_complete.json").is_file()  # written once every process had saved its RNG state
+        assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert log.count("warmup finished: student in") == 1, "the other process's log lines are not held back"
+
+
+def test_data_parallel_resume_equals_an_uninterrupted_run(ddp_run, tmp_path):
+    run, _, _ = ddp_run
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    shutil.copytree(run, straight, ignore=shutil.ignore_patterns("gad"))  # the same warmup, no gad yet
+    shutil.copytree(run, resumed)  # gad stopped after 2 steps, checkpoint-2 complete
+    _train(straight, tmp_path / "h1", "--stage", "gad", "gad.max_steps=4")
+    _train(resumed, tmp_path / "h2", "--stage", "gad", "--resume", "gad.max_steps=4")
+
+    uninterrupted = _steps(straight / "gad" / "metrics.jsonl", "d_loss")
+    continued = _steps(resumed / "gad" / "metrics.jsonl", "d_loss")
+    assert sorted(uninterrupted) == sorted(continued) == [1, 2, 3, 4]
+    for step in (1, 2, 3, 4):
+        assert round(continued[step], 5) == round(uninterrupted[step], 5), (step, continued, uninterrupted)
+    assert _hashes(tmp_path / "h1", "gad-rank0") == _hashes(tmp_path / "h2", "gad-rank0")
+
+
+def test_uneven_processes_update_the_discriminator_as_one_process_on_all_pairs(tiny_model_dir, tmp_path):
+    import _distributed_update as helper
+
+    _launch(str(TESTS / "_distributed_update.py"), str(tiny_model_dir), str(tmp_path))
+    for name, (mode, shares) in helper.SCENARIOS.items():
+        ranks = [torch.load(tmp_path / f"{name}-rank{rank}.pt") for rank in (0, 1)]
+        single = helper.run_update(tiny_model_dir, helper.union(shares), mode)
+        for a, b in zip(ranks[0]["params"], ranks[1]["params"], strict=True):
+            assert torch.equal(a, b), f"{name}: the processes' discriminators differ after the step"
+        for a, b in zip(ranks[0]["grads"], single["grads"], strict=True):
+            assert torch.allclose(a, b, rtol=0, atol=1e-6), f"{name}: gradient {(a - b).abs().max().item():.2e} off"
+        for a, b in zip(ranks[0]["params"], single["params"], strict=True):
+            assert torch.allclose(a, b, rtol=0, atol=1e-5), f"{name}: parameter {(a - b).abs().max().item():.2e} off"
+        for key, value in single["stats"].items():
+            assert ranks[0]["stats"][key] == pytest.approx(value, abs=1e-5), (name, key)
+            assert ranks[1]["stats"][key] == ranks[0]["stats"][key], (name, key)
+
+
+def test_a_launch_that_runs_one_process_is_refused_with_the_right_command(tmp_path):
+    check_launch(2, {"WORLD_SIZE": "2"})
+    check_launch(1, {})
+    for env in ({"WORLD_SIZE": "2", "RANK": "0"}, {"ACCELERATE_DYNAMO_BACKEND": "NO", "MASTER_ADDR": "127.0.0.1"}):
+        with pytest.raises(GadError, match="ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N"):
+            check_launch(1, env)
+    # The trap itself: accelerate's --cpu launcher starts one process for --num_processes 2.
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [str(accelerate), "launch", "--cpu", "--num_processes", "2", "-m", "gad.cli", "train", "--stage",
+               "warmup", "--config", str(RECIPE), f"run_dir={tmp_path / 'run'}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=LAUNCH_TIMEOUT_S)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and len(errors) == 1, result.stderr[-3000:]
+    assert "--num_processes N` starts one process only" in errors[0] and "--multi_gpu" in errors[0]
+    assert not (tmp_path / "run" / "warmup").exists()
