@@ -25,7 +25,7 @@ TESTS = Path(__file__).resolve().parent
 RECIPE = REPO / "recipes" / "tiny-cpu.yaml"
 LAUNCH_TIMEOUT_S = 240
 # 2 processes x (8 samples = 2 prompts x 4) per step; ddp_timeout: a hung collective fails after 45 s.
-SHORT = ["warmup.max_steps=2", "warmup.d_only_steps=1", "gad.max_steps=2", "per_device_train_batch_size=8",
+SHORT = ["warmup.max_steps=2", "warmup.d_only_steps=1", "gad.max_steps=4", "per_device_train_batch_size=8",
          "logging_steps=1", "save_steps=2", "ddp_timeout=45"]  # fmt: skip
 
 
@@ -61,7 +61,7 @@ def _steps(metrics: Path, key: str) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path, str]:
-    """warmup then gad, 2 steps each, by 2 processes; every process's discriminator hashes; the launch's log."""
+    """warmup (2 steps) then gad (4 steps) by 2 processes; every process's discriminator hashes; the launch's log."""
     root = tmp_path_factory.mktemp("ddp")
     run, hashes = root / "run", root / "hashes"
     result = _train(run, hashes, "--stage", "warmup,gad", f"warmup.student={tiny_model_dir}")
@@ -73,12 +73,12 @@ def test_data_parallel_training_keeps_the_discriminators_equal_and_writes_once(d
     from safetensors.torch import load_file
 
     run, hashes, log = ddp_run
-    for stage in ("warmup", "gad"):
+    for stage, steps in (("warmup", 2), ("gad", 4)):
         rank0, rank1 = _hashes(hashes, f"{stage}-rank0"), _hashes(hashes, f"{stage}-rank1")
         assert rank0 == rank1, f"{stage}: the processes' discriminators differ"
         saved = tensor_hashes(load_file(run / stage / "discriminator" / "model.safetensors"))
         assert saved and all(rank0[name] == value for name, value in saved.items()), stage
-        assert sorted(_steps(run / stage / "metrics.jsonl", "d_loss")) == [1, 2]
+        assert sorted(_steps(run / stage / "metrics.jsonl", "d_loss")) == list(range(1, steps + 1))
         assert (run / stage / "gad_finished.json").is_file()
         assert (run / stage / "student" / "model.safetensors").is_file()
         checkpoint = run / stage / "checkpoint-2"
@@ -88,19 +88,24 @@ def test_data_parallel_training_keeps_the_discriminators_equal_and_writes_once(d
 
 
 def test_data_parallel_resume_equals_an_uninterrupted_run(ddp_run, tmp_path):
-    run, _, _ = ddp_run
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    shutil.copytree(run, straight, ignore=shutil.ignore_patterns("gad"))  # the same warmup, no gad yet
-    shutil.copytree(run, resumed)  # gad stopped after 2 steps, checkpoint-2 complete
-    _train(straight, tmp_path / "h1", "--stage", "gad", "gad.max_steps=4")
-    _train(resumed, tmp_path / "h2", "--stage", "gad", "--resume", "gad.max_steps=4")
+    run, hashes, _ = ddp_run
+    killed = tmp_path / "run"
+    shutil.copytree(run, killed)
+    # As if killed during step 4: checkpoint-2 is the newest complete one, metrics.jsonl already has step 3.
+    for name in ("checkpoint-4", "student", "discriminator"):
+        shutil.rmtree(killed / "gad" / name)
+    (killed / "gad" / "gad_finished.json").unlink()
+    (killed / "gad" / "checkpoint-4").mkdir()  # a save that never finished: no completion marker
+    _train(killed, tmp_path / "hashes", "--stage", "warmup,gad", "--resume")
 
-    uninterrupted = _steps(straight / "gad" / "metrics.jsonl", "d_loss")
-    continued = _steps(resumed / "gad" / "metrics.jsonl", "d_loss")
-    assert sorted(uninterrupted) == sorted(continued) == [1, 2, 3, 4]
-    for step in (1, 2, 3, 4):
+    uninterrupted = _steps(run / "gad" / "metrics.jsonl", "d_loss")
+    continued = _steps(killed / "gad" / "metrics.jsonl", "d_loss")
+    assert sorted(continued) == [1, 2, 3, 4]
+    for step in (3, 4):
         assert round(continued[step], 5) == round(uninterrupted[step], 5), (step, continued, uninterrupted)
-    assert _hashes(tmp_path / "h1", "gad-rank0") == _hashes(tmp_path / "h2", "gad-rank0")
+    assert not (tmp_path / "hashes" / "warmup-rank0.json").exists()  # the finished warmup was skipped
+    assert _hashes(tmp_path / "hashes", "gad-rank0") == _hashes(tmp_path / "hashes", "gad-rank1")
+    assert _hashes(tmp_path / "hashes", "gad-rank0") == _hashes(hashes, "gad-rank0")  # the same discriminator
 
 
 def test_uneven_processes_update_the_discriminator_as_one_process_on_all_pairs(tiny_model_dir, tmp_path):
