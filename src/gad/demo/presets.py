@@ -36,7 +36,7 @@ class DemoSpec:
     max_new_tokens: int = 48
     teacher_temperature: float = 0.7
     teacher_seed: int | None = 0
-    teacher_concurrency: int = 2  # requests in flight when no thread count is set (library use)
+    teacher_concurrency: int = 8  # requests in flight: the batched teacher server generates them together
     keep_truncated: bool = False
     discriminator_layers: int | None = None
     eval_batch_size: int = 8

@@ -31,7 +31,7 @@ from gad.evaluation import GenerationConfig, ModelSpec, build_report, evaluate
 from gad.evaluation.report import text_table
 from gad.layout import RunLayout, answers_file
 from gad.models import first_layers, resolve_model
-from gad.runtime import environ, load_average, quiet_libraries, use_threads
+from gad.runtime import load_average, quiet_libraries, use_threads
 from gad.serve import TeacherServer
 
 EVAL_SET = "demo-eval"
@@ -102,15 +102,16 @@ def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any
         "train": write_prompt_subset(spec.train_prompts, spec.n_train, data_dir / "train-prompts.jsonl"),
         "eval": write_prompt_subset(spec.eval_prompts, spec.n_eval, data_dir / f"{EVAL_SET}.jsonl"),
     }
-    # The server answers requests in parallel threads: one torch thread each, as many requests as demo threads.
-    concurrency = spec.threads or spec.teacher_concurrency
+    # The server generates concurrent requests in batches, one batch at a time with all the demo's threads (this
+    # process only waits on HTTP meanwhile), so enough requests are kept in flight to fill a batch.
     collected = {}
-    with environ(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
-        server = TeacherServer(teacher_model, system=spec.teacher_system, log_path=data_dir / "server.log")
+    server = TeacherServer(
+        teacher_model, system=spec.teacher_system, threads=spec.threads, log_path=data_dir / "server.log"
+    )
     with server:
         progress.say(f"  teacher server up at {server.base_url} (hidden persona prompt)")
         for name, prompt_file in prompts.items():
-            result = collect(collect_config(spec, server.base_url, prompt_file, data_dir, name, quiet, concurrency))
+            result = collect(collect_config(spec, server.base_url, prompt_file, data_dir, name, quiet))
             collected[name] = result.to_dict()
             dropped = ", ".join(f"{k} {v}" for k, v in result.dropped.items()) or "none"
             progress.say(
@@ -193,7 +194,7 @@ def write_prompt_subset(source: str | Path, count: int, out: Path) -> Path:
 
 
 def collect_config(
-    spec: DemoSpec, base_url: str, prompts: Path, data_dir: Path, name: str, quiet: bool, concurrency: int
+    spec: DemoSpec, base_url: str, prompts: Path, data_dir: Path, name: str, quiet: bool
 ) -> CollectConfig:
     return CollectConfig(
         prompts=prompts,
@@ -204,7 +205,7 @@ def collect_config(
         max_tokens=spec.max_new_tokens,
         seed=spec.teacher_seed,
         cache=data_dir / "cache.sqlite",
-        concurrency=concurrency,
+        concurrency=spec.teacher_concurrency,
         drop_truncated=not spec.keep_truncated,
         progress=not quiet,
     )
