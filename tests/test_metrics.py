@@ -63,3 +63,15 @@ def test_distinct_n_is_a_fraction(texts, n):
 def test_unigram_f1_bounds_rouge_l(a, b):
     # Every LCS token is a clipped unigram match, so ROUGE-L never exceeds unigram F1.
     assert rouge_l(a, b) <= ngram_f1(a, b, 1) + 1e-9
+
+
+def test_degeneration_flags_loops_not_prose():
+    from gad.metrics import is_degenerate, repeated_ngram_share
+
+    assert repeated_ngram_share("Paris is the capital of France.") == 0.0
+    assert repeated_ngram_share("Ahoy! Ahoy! Ahoy!") == 0.5
+    loop = "Ahoy! Paris be the capital, matey. " + "Fair winds, matey! " * 12
+    assert repeated_ngram_share(loop) > 0.75
+    assert is_degenerate(loop) and is_degenerate("Ahoy! Ahoy! Ahoy!")
+    assert not is_degenerate("Ahoy! Paris be the capital of France, matey.")
+    assert not is_degenerate("ok ok")  # too short to call a loop

@@ -110,7 +110,8 @@ def test_style_regex_oracle_rewards_matches_and_still_scores_for_the_discriminat
     oracle = DiscriminatorReward(discriminator, batch_size=4, oracle=r"(?i)\b(ahoy|arr)\b")
     rewards = oracle(PROMPTS, _completions(SAMPLES), teacher_response=TEACHERS * 2)
     assert rewards == [1.0, 0.0, 1.0, 0.0]
-    assert oracle.__name__ == "style_regex" and DiscriminatorReward.__name__ == "discriminator"
+    # TRL names the reward's metrics after it: rewards/style_regex/mean, not rewards/discriminator/mean.
+    assert oracle.__name__ == "style_regex" and DiscriminatorReward(discriminator, 4).__name__ == "discriminator"
     expected = discriminator.score(PROMPTS, SAMPLES)
     assert torch.allclose(oracle.last_batch["scores"], expected, atol=1e-6)
 

@@ -84,6 +84,21 @@ def word_count(text: str) -> int:
     return len(text.split())
 
 
+def repeated_ngram_share(text: str, n: int = 3) -> float:
+    """Share (0..1) of an answer's n-grams that repeat an earlier one: 0 for ordinary prose, 0.5 for
+    "Ahoy! Ahoy! Ahoy!", near 1 for a phrase looped a dozen times."""
+    grams = ngrams(words(text), n)
+    total = sum(grams.values())
+    return (total - len(grams)) / total if total else 0.0
+
+
+def is_degenerate(text: str, n: int = 3, threshold: float = 0.5) -> bool:
+    """An answer caught in a loop: at least half of its (at least four) 3-grams repeat an earlier one. A style
+    check counts such loops as passes when they repeat the persona's phrase, so degeneration is measured beside it."""
+    grams = ngrams(words(text), n)
+    return sum(grams.values()) >= 4 and repeated_ngram_share(text, n) >= threshold
+
+
 def style_pass(text: str, starts_with: str | None = None, contains: str | None = None) -> bool:
     """Does an answer follow a persona's format? Case-insensitive; both parts must hold when both are set."""
     lowered = text.strip().lower()

@@ -71,57 +71,92 @@ def generate_answers(
     """Answer every prompt with the model in ``model_dir``; ``temperature`` 0 means greedy (the paper's setting).
 
     Returns rows ``{"id", "prompt", "response", "finish_reason", "response_tokens"}`` in the prompts' order.
-    Prompts are sorted by length inside the run so that batches waste little padding.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     if batch_size < 1 or max_new_tokens < 1:
         raise GadError("batch_size and max_new_tokens must be at least 1")
     model, tokenizer = load_model(model_dir, device)
-    texts = [tokenizer.apply_chat_template(row.messages, tokenize=False, add_generation_prompt=True) for row in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(texts[i]))
-    results: list[dict[str, Any] | None] = [None] * len(prompts)
-    sampling = temperature > 0
-    generation_kwargs: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens,
-        "do_sample": sampling,
-        "pad_token_id": tokenizer.pad_token_id,
+    return generate_with(
+        model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature,
+        top_p=top_p, seed=seed, progress=progress, desc=desc or f"generate {Path(model_dir).name}",
+    )  # fmt: skip
+
+
+def generate_with(
+    model,
+    tokenizer,
+    prompts: list[PromptRow],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 512,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[dict[str, Any]]:
+    """:func:`generate_answers` with a model already in memory (a model being trained, say: it is put in eval mode
+    for the call and back afterwards). Prompts are sorted by length so that batches waste little padding."""
+    import torch
+    from tqdm.auto import tqdm
+
+    was_training, padding_side = model.training, tokenizer.padding_side
+    model.eval()
+    tokenizer.padding_side = "left"  # every row of a batch ends where its answer begins
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        texts = [
+            tokenizer.apply_chat_template(row.messages, tokenize=False, add_generation_prompt=True) for row in prompts
+        ]
+        order = sorted(range(len(prompts)), key=lambda i: len(texts[i]))
+        results: list[dict[str, Any] | None] = [None] * len(prompts)
+        sampling = temperature > 0
+        generation_kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": sampling,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        if sampling:
+            generation_kwargs.update(temperature=temperature, top_p=top_p)
+        else:  # silence the sampling defaults some generation_config.json files carry
+            generation_kwargs.update(temperature=None, top_p=None, top_k=None)
+        eos_ids = _eos_ids(model, tokenizer)
+        torch.manual_seed(seed)
+        bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                encoded = tokenizer(
+                    [texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
+                ).to(model.device)
+                output = model.generate(**encoded, **generation_kwargs)
+                new_tokens = output[:, encoded["input_ids"].shape[1] :]
+                for row_index, tokens in zip(batch, new_tokens, strict=True):
+                    results[row_index] = _answer_row(prompts[row_index], tokens.tolist(), eos_ids, tokenizer)
+                bar.update(len(batch))
+        bar.close()
+        return [row for row in results if row is not None]
+    finally:
+        model.train(was_training)
+        tokenizer.padding_side = padding_side
+
+
+def _answer_row(prompt: PromptRow, ids: list[int], eos_ids: set[int], tokenizer) -> dict[str, Any]:
+    """One answer: the new tokens up to the first end-of-turn (``stop``), or all of them (``length``)."""
+    finish = "length"
+    for position, token in enumerate(ids):
+        if token in eos_ids:
+            ids, finish = ids[:position], "stop"
+            break
+    while ids and ids[-1] == tokenizer.pad_token_id:
+        ids.pop()
+    return {
+        "id": prompt.id,
+        "prompt": prompt.messages[-1]["content"],
+        "response": tokenizer.decode(ids, skip_special_tokens=True).strip(),
+        "finish_reason": finish,
+        "response_tokens": len(ids),
     }
-    if sampling:
-        generation_kwargs.update(temperature=temperature, top_p=top_p)
-    else:  # silence the sampling defaults some generation_config.json files carry
-        generation_kwargs.update(temperature=None, top_p=None, top_k=None)
-    eos_ids = _eos_ids(model, tokenizer)
-    torch.manual_seed(seed)
-    bar = tqdm(total=len(prompts), desc=desc or f"generate {Path(model_dir).name}", disable=not progress, unit="prompt")
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            encoded = tokenizer(
-                [texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(model.device)
-            output = model.generate(**encoded, **generation_kwargs)
-            new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            for row_index, tokens in zip(batch, new_tokens, strict=True):
-                ids = tokens.tolist()
-                finish = "length"
-                for position, token in enumerate(ids):
-                    if token in eos_ids:
-                        ids, finish = ids[:position], "stop"
-                        break
-                while ids and ids[-1] == tokenizer.pad_token_id:
-                    ids.pop()
-                results[row_index] = {
-                    "id": prompts[row_index].id,
-                    "prompt": prompts[row_index].messages[-1]["content"],
-                    "response": tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                    "finish_reason": finish,
-                    "response_tokens": len(ids),
-                }
-            bar.update(len(batch))
-    bar.close()
-    return [row for row in results if row is not None]
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -272,7 +272,9 @@ class DiscriminatorUpdater:
     With several processes (``accelerator``), each holds its own pairs, as many or not, and the step is the one a
     single process would take on all of them: each back-propagates its share of the mean over every process's pairs,
     the gradients are summed across processes, so every copy of the discriminator takes the same step; the returned
-    statistics are over every process's pairs too.
+    statistics are over every process's pairs too. The discriminator may also be sharded across the processes with
+    FSDP2 (``torch.distributed.fsdp.fully_shard`` on its modules, before building the updater; not with the fused
+    update): every process then makes the same number of forward and backward passes, padded where it has fewer.
     """
 
     def __init__(
@@ -294,6 +296,13 @@ class DiscriminatorUpdater:
         self.batch_size = batch_size
         self.accelerator = accelerator
         self.trainable = [p for p in discriminator.parameters() if p.requires_grad]
+        self.sharded = any(_is_sharded(p) for p in self.trainable)
+        for module in discriminator.modules():
+            if _is_fsdp(module):
+                # Each process back-propagates its share of the mean over every process's pairs, so the reduction
+                # is a plain sum (FSDP divides by the process count by default); plain sums also work over gloo.
+                module.set_gradient_divide_factor(1.0)
+                module.set_force_sum_reduction_for_comms(True)
         self.optimizer = torch.optim.AdamW(self.trainable, lr=learning_rate, weight_decay=weight_decay)
 
     @property
@@ -321,8 +330,18 @@ class DiscriminatorUpdater:
         group = list(group)
         group_t = torch.as_tensor(group, dtype=torch.long, device=disc.device)
         student_prompts = [prompts[g] for g in group]
-        self.optimizer.zero_grad(set_to_none=True)
         fused = student_scores is not None and student_scores.requires_grad
+        if fused and self.sharded:
+            raise GadError("discriminator_fused_update needs a replicated discriminator, not a sharded one")
+        teacher_chunks, student_chunks = self._chunks(len(teacher_responses)), self._chunks(len(student_responses))
+        forwards = 0 if fused else teacher_chunks + (student_chunks if student_scores is None else 0)
+        backwards = teacher_chunks + student_chunks if group and not fused else 0
+        # Agreed before the first pass: how many passes the busiest process makes, and how many pairs there are.
+        counts = self._across_processes([forwards, backwards, len(group)])
+        most_forwards, most_backwards = (int(n) for n in counts[:, :2].max(dim=0).values.tolist())
+        pairs = counts[:, 2].sum().item()
+
+        self.optimizer.zero_grad(set_to_none=True)
         if fused:
             teacher_graph = disc.score_with_grad(prompts, teacher_responses, batch_size=self.batch_size)
             student_graph = student_scores
@@ -333,21 +352,17 @@ class DiscriminatorUpdater:
             # Leaves: the loss's gradient with respect to each score, back-propagated chunk by chunk below.
             teacher_graph = teacher_scores.clone().requires_grad_(True)
             student_graph = student_scores.to(disc.device).float().clone().requires_grad_(True)
+        self._pad_passes(most_forwards - forwards, backward=False)
         loss = self.loss_fn(teacher_graph, student_graph, group_t) if group else None  # a process may have no pairs
-        chunks = 0
-        if loss is not None and not fused:
-            chunks = self._chunks(len(teacher_responses)) + self._chunks(len(student_responses))
-        stats, pairs, most_chunks = self._combine(
-            loss, teacher_graph.detach(), student_graph.detach(), group, num_fresh, chunks
-        )
-        _require_finite(torch.tensor(stats.loss))  # the loss of every process's pairs: all processes stop together
         if loss is not None:
-            (loss * (len(group) / pairs)).backward()
+            (loss * (len(group) / pairs)).backward()  # this process's share of the mean over every process's pairs
             if not fused:
                 self._backward_chunks(prompts, teacher_responses, teacher_graph.grad)
                 self._backward_chunks(student_prompts, student_responses, student_graph.grad)
-        self._pad_chunks(most_chunks - chunks)
+        self._pad_passes(most_backwards - backwards, backward=True)
         self._sum_gradients()
+        stats = self._statistics(loss, teacher_graph.detach(), student_graph.detach(), group, num_fresh)
+        _require_finite(torch.tensor(stats.loss))  # every process's pairs: all processes stop, before any step
         if self.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(disc.parameters(), self.max_grad_norm)
         self.optimizer.step()
@@ -355,21 +370,24 @@ class DiscriminatorUpdater:
         return stats
 
     def _chunks(self, count: int) -> int:
-        """How many chunks :meth:`_backward_chunks` runs for ``count`` sequences."""
+        """How many passes :meth:`Discriminator.score` and :meth:`_backward_chunks` make over ``count`` sequences."""
         return len(range(0, count, self.batch_size))
 
-    def _combine(
+    def _across_processes(self, values: list[float]) -> torch.Tensor:
+        """Every process's ``values``, one row per process (float64: counts stay exact)."""
+        row = torch.tensor([values], dtype=torch.float64, device=self.discriminator.device)
+        return self.accelerator.gather(row) if self.distributed else row
+
+    def _statistics(
         self,
         loss: torch.Tensor | None,
         teacher_scores: torch.Tensor,
         student_scores: torch.Tensor,
         group: list[int],
         num_fresh: int | None,
-        chunks: int,
-    ) -> tuple[DiscriminatorStats, float, int]:
-        """The statistics over every process's pairs, how many pairs that is, and the most chunks any process will
-        back-propagate; one gather. Each process's means are weighted by its counts (pairs, fresh samples, fresh
-        prompts), so uneven processes give what one process holding every pair would."""
+    ) -> DiscriminatorStats:
+        """The statistics over every process's pairs: each process's means weighted by its counts (pairs, fresh
+        samples, fresh prompts), so that uneven processes report what one process holding every pair would."""
         fresh = group[:num_fresh]
         counts = [len(group), len(fresh), len(fresh), len(set(fresh))]  # loss, accuracy, student score, teacher score
         means = [math.nan] * 4
@@ -379,17 +397,13 @@ class DiscriminatorUpdater:
             )
             means = [local.loss, local.accuracy, local.student_score, local.teacher_score]
         sums = [mean * count if count else 0.0 for mean, count in zip(means, counts, strict=True)]
-        row = torch.tensor([[chunks, *counts, *sums]], dtype=torch.float64, device=self.discriminator.device)
-        table = self.accelerator.gather(row) if self.distributed else row  # [processes, 9]
-        totals = table.sum(dim=0).tolist()
-        counts, sums = totals[1:5], totals[5:]
+        totals = self._across_processes([*counts, *sums]).sum(dim=0).tolist()
         mean_loss, accuracy, student_score, teacher_score = (
-            total / count if count else math.nan for total, count in zip(sums, counts, strict=True)
+            total / count if count else math.nan for total, count in zip(totals[4:], totals[:4], strict=True)
         )
-        stats = DiscriminatorStats(
+        return DiscriminatorStats(
             loss=mean_loss, accuracy=accuracy, teacher_score=teacher_score, student_score=student_score
         )
-        return stats, counts[0], int(table[:, 0].max().item())
 
     def _backward_chunks(self, prompts: Sequence[Messages], responses: Sequence[str], grads: torch.Tensor) -> None:
         disc = self.discriminator
@@ -399,23 +413,27 @@ class DiscriminatorUpdater:
             scores = disc(**{k: v.to(disc.device) for k, v in batch.items()})
             scores.backward(grads[start:end])
 
-    def _pad_chunks(self, count: int) -> None:
-        """Forward and backward passes with zero gradient on a one-token sequence, so that every process runs as many
-        passes as the busiest one: a sharded discriminator gathers its weights in each pass, in collectives that
-        every process must join or all of them wait forever."""
+    def _pad_passes(self, count: int, *, backward: bool) -> None:
+        """Passes on a one-token sequence (with a zero gradient, when ``backward``), so that every process makes as
+        many as the busiest one: a sharded discriminator gathers its weights in each forward pass and reduces its
+        gradients in each backward pass, collectives that every process must join or all of them wait."""
         disc = self.discriminator
         input_ids = torch.full((1, 1), disc.tokenizer.pad_token_id, dtype=torch.long, device=disc.device)
-        for _ in range(count):
-            scores = disc(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-            scores.backward(torch.zeros_like(scores))
+        with torch.set_grad_enabled(backward):
+            for _ in range(count):
+                scores = disc(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+                if backward:
+                    scores.backward(torch.zeros_like(scores))
 
     def _sum_gradients(self) -> None:
-        """Sum every trainable parameter's gradient across processes, each holding its share of the mean. A parameter
-        without a gradient here (no pairs, or outside this process's graph) takes part with zeros, so that every
-        process makes the same all-reduces in the same order."""
+        """Sum each replicated parameter's gradient across processes (a sharded one was reduced by FSDP in each
+        backward pass). A parameter without a gradient here (no pairs on this process, or outside its graph) takes
+        part with zeros, so that every process makes the same all-reduces in the same order."""
         if not self.distributed:
             return
         for parameter in self.trainable:
+            if _is_sharded(parameter):
+                continue
             if parameter.grad is None:
                 parameter.grad = torch.zeros_like(parameter)
             parameter.grad = self.accelerator.reduce(parameter.grad, reduction="sum")
@@ -425,6 +443,19 @@ class DiscriminatorUpdater:
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _is_sharded(parameter: torch.Tensor) -> bool:
+    """Whether FSDP2 shards this parameter (a DTensor), which then reduces its gradient itself."""
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(parameter, DTensor)
+
+
+def _is_fsdp(module: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
 
 
 def _position_limit(model: torch.nn.Module) -> int | None:
