@@ -1,27 +1,34 @@
-"""Benchmark, informative regime: can a student learn a teacher's *hidden* style from its answers alone?
+"""Benchmark, informative regime, with the paper's comparison protocol: can a student learn a teacher's *hidden*
+persona from its answers alone, and does GAD learn it better than SeqKD?
 
-The teacher is a pretrained chat model (default SmolLM2-135M-Instruct) answering under a hidden system prompt that a
-checker can verify (default ``--style demo``: the persona of ``make demo``, answers that start with "Ahoy" and say
-"matey"). The student is the same pretrained model *without* that prompt; it sees only (prompt, teacher answer) pairs
-from ``dolly_train``. SeqKD and GAD
-(warmup + adversarial stage) get the same teacher answers (equal teacher budget) and the same training wall-clock.
-Tested on out-of-distribution prompts (``vicuna80``, ``selfinst252``):
+The teacher is a pretrained chat model (default SmolLM2-135M-Instruct) answering under a hidden system prompt (default:
+the persona of ``gad demo``, answers that start with "Ahoy" and say "matey"); the student is the same model *without*
+that prompt and sees only (prompt, teacher answer) pairs. The answers ship in ``benchmarks/data/persona/``, collected
+once through ``gad serve-teacher`` + ``gad collect`` (``persona.py collect`` regenerates them), so a run spends no
+time on collection.
 
-- C2ST: accuracy of a fresh classifier (logistic regression on hashed word 1-2-grams) that tells teacher answers from
-  student answers, trained on half of the test prompts and scored on the other half (several random halvings);
-  50 % = indistinguishable. The main number.
-- style pass rate (the checker), ROUGE-L against the teacher's answer to the same prompt, mean length (words);
-- the discriminator's held-out pairwise accuracy through training (``d_acc``: measured on fresh student samples before
-  the discriminator trains on them) and, at the end, on the test prompts.
+Protocol (arXiv:2511.10643, §3.1): **equal teacher data and equal passes over it** — SeqKD 3 epochs; GAD 1 warmup
+epoch (student SFT + discriminator) then 2 adversarial epochs. Compute is not equalised: wall-clock and steps are
+reported beside. Both methods are evaluated every ``--eval-every`` steps on a separate **validation** set (never the
+test set); each method's checkpoint is the one with the best validation C2ST (closest to 50 %) whose mean length is
+within 0.5–2 × the teacher's. Test metrics (out-of-distribution prompts from Vicuna and Self-Instruct) are reported for
+the chosen and for the last checkpoints:
 
-The teacher is run in-process (the same weights plus the hidden system prompt), not through ``gad.serve``: on a shared
-2-core CPU an HTTP round trip per answer would only add overhead; the student never sees anything but the answers.
+- C2ST: accuracy of a fresh classifier (logistic regression on hashed word 1-2-grams) telling teacher answers from
+  student answers, trained on half of the prompts and scored on the other half; 50 % = indistinguishable. The main
+  number.
+- the persona check's pass rate, beside two degeneration measures (a style check counts a looped persona phrase as a
+  pass): the share of answers caught in a repeated-3-gram loop, and distinct-2;
+- ROUGE-L against the teacher's answer to the same prompt, mean length (words).
 
-CPU-scale defaults (about 35 min on 2 cores), the training settings of recipes/demo-default.yaml: 96 train prompts,
-60 test prompts x 2 samples, answers of at most 40 tokens, full fine-tuning, a discriminator made of SmolLM2's first 4
-layers, 300 s of training per method and seed.
+Each seed runs on its own and writes its own JSON; ``merge`` builds the table over seeds with the **paired**
+GAD − SeqKD differences and their 95 % intervals (t distribution over seeds)::
 
-    .venv/bin/python benchmarks/persona.py [--seeds 0 1] [--train-seconds 300] [--out benchmarks/results/persona.json]
+    python benchmarks/persona.py collect                       # once: the shipped teacher answers (minutes)
+    nice python benchmarks/persona.py run --seeds 0            # -> benchmarks/results/persona/seed0.json (+ .html)
+    nice python benchmarks/persona.py run --seeds 1 2
+    python benchmarks/persona.py merge                         # -> benchmarks/results/persona.json
+    python benchmarks/persona.py run --seeds 0 --quick         # minutes: a smaller everything, for iteration
 """
 
 from __future__ import annotations
@@ -30,57 +37,24 @@ import argparse
 import json
 import logging
 import math
-import os
 import random
 import re
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
+from typing import Any
 
-from _common import goal, print_goals, write_result
+from _common import RESULTS, ROOT, goal, print_goals, write_result
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "persona.json"
-
-# Built-in styles: (hidden system prompt, checker regex, searched case-insensitively in the answer).
-# SmolLM2-135M ignores a bare format instruction (an answer prefix, ALL CAPS: 0 of 12 in a probe) and follows a bare
-# pirate persona on about a quarter of the prompts ("pirate": the regime stays barely informative, see the README).
-# With three example exchanges in the hidden prompt it follows a checkable format on most prompts: "demo", the
-# persona of `make demo`, read from recipes/demo-default.yaml so that both always use the same teacher.
-STYLES = {
-    "pirate": (
-        "You are a pirate. Always start your answer with 'Arr!' and speak like a pirate.",
-        r"\b(arr+|ahoy|matey|mateys|ye|yer|aye|avast|pirates?|treasures?|booty|plunder\w*|scallywags?|landlubbers?|"
-        r"hearties|buccaneers?|doubloons?|shipmates?|captain|seas|sail\w*|shiver|timbers)\b",
-    ),
-}
-
-
-def style(name: str, regex: str | None = None):
-    """(hidden system prompt, checker: text -> bool, its description) of a built-in style; ``regex`` replaces the
-    checker with a case-insensitive regex search."""
-    if name in STYLES:
-        system, pattern = STYLES[name]
-    else:
-        from gad.demo.presets import load_preset
-        from gad.metrics import style_pass
-
-        spec = load_preset("default")
-        system, pattern = spec.teacher_system, None
-        if regex is None:
-            return (
-                system,
-                lambda text: style_pass(text, spec.style_starts_with, spec.style_contains),
-                (f"the demo's check: {spec.style_description}"),
-            )
-    compiled = re.compile(regex or pattern, re.IGNORECASE)
-    return system, lambda text: bool(compiled.search(text)), f"regex {compiled.pattern}"
-
-
-GOAL_C2ST_POINTS = 5.0
+DATA = ROOT / "benchmarks" / "data" / "persona"
+OUT_DIR = RESULTS / "persona"
+GOAL_C2ST_POINTS = 3.0
+LENGTH_GUARD = (0.5, 2.0)
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 log = logging.getLogger("persona")
 
@@ -90,243 +64,140 @@ log = logging.getLogger("persona")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    g = p.add_argument_group("teacher, student, style")
-    g.add_argument(
-        "--model",
-        default="smollm2",
-        help="teacher = student start: 'smollm2', a HF folder, or 'builtin:tiny-llama' (smoke tests)",
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    collect = commands.add_parser("collect", help="regenerate the teacher answers in --data-dir")
+    _teacher_options(collect)
+    collect.add_argument("--train-prompts", type=int, default=192)
+    collect.add_argument("--val-prompts", type=int, default=48)
+    collect.add_argument("--test-prompts", type=int, default=30, help="per test set (vicuna80, selfinst252)")
+    collect.add_argument("--test-samples", type=int, default=2, help="teacher answers per test prompt")
+    collect.add_argument("--max-prompt-chars", type=int, default=200, help="test prompts at most this long")
+
+    run = commands.add_parser("run", help="train and evaluate SeqKD and GAD for some seeds (one JSON per seed)")
+    _teacher_options(run)
+    run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    run.add_argument("--quick", action="store_true", help="iteration mode: small subsets, short training")
+    run.add_argument("--style-regex", default=None, help="the persona check as a regex (default: the demo's check)")
+    run.add_argument("--seqkd-epochs", type=float, default=3.0, help="SeqKD epochs (paper: 3)")
+    run.add_argument("--warmup-epochs", type=float, default=1.0, help="GAD warmup epochs (paper: 1)")
+    run.add_argument("--gad-epochs", type=float, default=2.0, help="GAD adversarial epochs (paper: 2)")
+    run.add_argument("--seqkd-batch", type=int, default=8, help="SeqKD prompts per step")
+    run.add_argument("--prompts-per-step", type=int, default=4, help="warmup/GAD prompts per step")
+    run.add_argument("--generations", type=int, default=4, help="warmup/GAD samples per prompt")
+    run.add_argument("--sft-lr", type=float, default=1e-4, help="SeqKD and warmup student learning rate")
+    run.add_argument("--gad-lr", type=float, default=1e-5, help="adversarial-stage student learning rate")
+    run.add_argument("--disc-lr", type=float, default=5e-5, help="discriminator learning rate")
+    run.add_argument("--d-only-steps", type=int, default=2, help="discriminator-only steps at the start of warmup")
+    run.add_argument("--beta", type=float, default=0.0, help="GAD KL weight (0 saves the reference pass on CPU)")
+    run.add_argument(
+        "--discriminator",
+        default="student",
+        help="student (the paper's: the full student), first:K (its first K layers), or a model folder",
     )
-    g.add_argument("--style", default="demo", choices=["demo", *sorted(STYLES)], help="built-in persona and checker")
-    g.add_argument("--system-prompt", default=None, help="hidden teacher system prompt (overrides --style's)")
-    g.add_argument("--checker-regex", default=None, help="style checker: a regex searched case-insensitively")
-    g.add_argument(
-        "--filter-teacher",
-        action="store_true",
-        help="train only on teacher answers that pass the checker (dropped ones are counted). Off by "
-        "default: the test-time teacher is unfiltered, and C2ST compares against it",
-    )
-    g.add_argument(
-        "--disc-layers",
-        type=int,
-        default=4,
-        help="discriminator = the model's first K layers + a scalar head (0: the full student, as in the paper)",
-    )
-    g = p.add_argument_group("data")
-    g.add_argument("--data-dir", default=os.environ.get("GAD_DATA_DIR", str(ROOT.parent / "shared" / "data")))
-    g.add_argument("--train-set", default="dolly_train")
-    g.add_argument("--test-sets", nargs="+", default=["vicuna80", "selfinst252"])
-    g.add_argument("--train-prompts", type=int, default=96)
-    g.add_argument("--teacher-samples", type=int, default=1, help="teacher answers per train prompt")
-    g.add_argument("--test-prompts", type=int, default=30, help="per test set")
-    g.add_argument("--eval-samples", type=int, default=2, help="answers per test prompt, teacher and student")
-    g.add_argument("--max-prompt-chars", type=int, default=200, help="keep prompts at most this long")
-    g.add_argument("--max-new-tokens", type=int, default=40, help="answer length cap (teacher, student, rollouts)")
-    g.add_argument("--temperature", type=float, default=0.8, help="teacher, rollout and evaluation sampling")
-    g = p.add_argument_group("training (per method and seed)")
-    g.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    g.add_argument(
-        "--train-seconds",
-        type=float,
-        default=300.0,
-        help="training-loop wall-clock per method and seed (GAD: warmup + adversarial stage)",
-    )
-    g.add_argument("--seqkd-batch", type=int, default=8, help="SeqKD prompts per step")
-    g.add_argument("--sft-lr", type=float, default=1e-4, help="SeqKD and warmup student learning rate")
-    g.add_argument("--gad-lr", type=float, default=1e-5, help="GAD stage student learning rate")
-    g.add_argument("--disc-lr", type=float, default=5e-5)
-    g.add_argument("--disc-updates", type=int, default=1, help="discriminator steps per training step")
-    g.add_argument("--prompts-per-step", type=int, default=4, help="warmup/GAD prompts per step")
-    g.add_argument("--generations", type=int, default=4, help="warmup/GAD samples per prompt")
-    g.add_argument(
-        "--gad-warmup",
-        choices=["sft", "joint"],
-        default="sft",
-        help="GAD's warmup before the adversarial stage. sft: the generator warmup is SFT on the teacher answers with "
-        "SeqKD's trainer and settings for --warmup-epochs, then the discriminator trains alone for --d-only-steps "
-        "steps on the warmed student's samples (the paper's two warmups, one after the other). joint: gad's warmup "
-        "stage (student SFT and discriminator together, rollouts every step; discriminator alone for the first "
-        "--d-only-steps), at most --warmup-steps",
-    )
-    g.add_argument("--warmup-epochs", type=float, default=1.0, help="sft warmup: epochs over the answers (paper: 1)")
-    g.add_argument("--warmup-steps", type=int, default=6, help="joint warmup steps (at most; the budget is shared)")
-    g.add_argument("--d-only-steps", type=int, default=4, help="discriminator-only warmup steps")
-    g.add_argument("--beta", type=float, default=0.0, help="GAD KL weight (0 saves the reference forward on CPU)")
-    g.add_argument("--lora-r", type=int, default=0, help="student LoRA rank (0: full fine-tuning)")
-    g.add_argument("--lora-alpha", type=int, default=32)
-    g = p.add_argument_group("evaluation and output")
-    g.add_argument("--c2st-splits", type=int, default=5, help="random halvings of the test prompts")
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (1 is several times faster than 2 on a contended 2-core machine)",
-    )
-    g.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, deleted)")
-    g.add_argument("--out", default=str(DEFAULT_OUT))
-    return p.parse_args(argv)
+    run.add_argument("--disc-top-layers", type=int, default=None, help="train only the discriminator's top K layers")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="a stage setting as on `gad train` (KEY=VALUE for every stage that has it, "
+                     "gad.KEY=VALUE for one), e.g. discriminator_updates=2")  # fmt: skip
+    run.add_argument("--eval-every", type=int, default=12, help="validation every N steps, both methods")
+    run.add_argument("--eval-samples", type=int, default=2, help="student answers per test prompt")
+    run.add_argument("--temperature", type=float, default=0.8, help="rollout and evaluation sampling temperature")
+    run.add_argument("--c2st-splits", type=int, default=5, help="random halvings of the prompts for C2ST")
+    run.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    run.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    run.add_argument("--out-dir", type=Path, default=OUT_DIR, help="one seedN.json (and seedN.html) per seed")
+
+    merge = commands.add_parser("merge", help="the table over seeds, with paired differences")
+    merge.add_argument("inputs", nargs="*", type=Path, help=f"seed JSON files (default: {OUT_DIR}/seed*.json)")
+    merge.add_argument("--out", type=Path, default=RESULTS / "persona.json")
+    return parser.parse_args(argv)
+
+
+def _teacher_options(parser) -> None:
+    parser.add_argument("--model", default="smollm2", help="teacher = student start: smollm2, a folder, builtin:...")
+    parser.add_argument("--persona-file", type=Path, default=None, help="the hidden system prompt (default: demo's)")
+    parser.add_argument("--data-dir", type=Path, default=DATA, help="where the teacher answers are")
+    parser.add_argument("--max-new-tokens", type=int, default=40, help="answer length cap (teacher and student)")
+
+
+# --quick: the first prompts of each split, and shorter everything (the shipped data stays the same).
+QUICK_PROMPTS = {"train": 24, "val": 8, "test": 8}
+QUICK_ARGS = {"seqkd_epochs": 1.0, "warmup_epochs": 1.0, "gad_epochs": 1.0, "eval_every": 3, "eval_samples": 1,
+              "c2st_splits": 2}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# data and teacher
+# persona and data
 
 
-def load_set(data_dir: Path, name: str, count: int, max_chars: int, seed: int):
+def persona(args) -> tuple[str, Any, str]:
+    """(hidden system prompt, checker: text -> bool, what the checker checks)."""
+    from gad.demo.presets import load_preset
+    from gad.metrics import style_pass
+
+    spec = load_preset("default")
+    system = args.persona_file.read_text(encoding="utf-8") if args.persona_file else spec.teacher_system
+    regex = getattr(args, "style_regex", None)
+    if regex:
+        compiled = re.compile(regex, re.IGNORECASE)
+        return system, lambda text: bool(compiled.search(text)), f"regex {regex}"
+    return system, lambda text: style_pass(text, spec.style_starts_with, spec.style_contains), spec.style_description
+
+
+def collect_data(args) -> dict:
+    """Ask the teacher (served over HTTP, hidden prompt) for the train, validation and test answers, once."""
+    from gad.collect import CollectConfig, collect
     from gad.data import load_prompts
-    from gad.evaluation.prompt_sets import resolve_prompt_set
+    from gad.evaluation.prompt_sets import load_prompt_set
+    from gad.models import resolve_model
+    from gad.resources import resource
+    from gad.serve import TeacherServer
 
-    path = data_dir / f"{name}.jsonl"
-    if not path.is_file():
-        path = resolve_prompt_set(name)[1]
-    rows, _ = load_prompts(path)
-    rows = [r for r in rows if len(r.messages) == 1 and len(r.messages[0]["content"]) <= max_chars]
-    random.Random(seed).shuffle(rows)
-    if len(rows) < count:
-        log.warning("%s: only %d prompts of at most %d characters (asked for %d)", name, len(rows), max_chars, count)
-    return [{"id": f"{name}/{r.id}", "prompt": r.messages[0]["content"]} for r in rows[:count]]
-
-
-def answer(model_dir, prompts, samples, system, args, seed, desc):
-    """``samples`` sampled answers per prompt: rows {id, prompt, sample, response, tokens, stop}."""
-    from gad.data import PromptRow
-    from gad.evaluation.generate import generate_answers
-
-    rows = []
-    for p in prompts:
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": p["prompt"]}
-        ]
-        rows += [PromptRow(f"{p['id']}#{k}", messages) for k in range(samples)]
-    out = generate_answers(
-        model_dir, rows, batch_size=8, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-        seed=seed, device="cpu", progress=False, desc=desc,
-    )  # fmt: skip
-    return [
-        {
-            "id": r["id"].rsplit("#", 1)[0],
-            "prompt": r["prompt"],
-            "sample": int(r["id"].rsplit("#", 1)[1]),
-            "response": r["response"],
-            "tokens": r["response_tokens"],
-            "stop": r["finish_reason"] == "stop",
-        }
-        for r in out
-    ]
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# training
-
-
-def time_budget_callback(seconds: float):
-    from transformers import TrainerCallback
-
-    class TimeBudget(TrainerCallback):
-        """Stops training once the loop has run ``seconds`` (checked after each optimizer step)."""
-
-        def __init__(self):
-            self.start = None
-            self.elapsed = 0.0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.monotonic()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.elapsed = time.monotonic() - self.start
-            if self.elapsed >= seconds:
-                control.should_training_stop = True
-
-    return TimeBudget()
-
-
-def train(stage, config, seconds):
-    """One stage through the library's stage runner, with a wall-clock budget; returns (output folder, training-loop
-    seconds, steps, log history)."""
-    from gad.training.stages import run_stage
-
-    budget = time_budget_callback(seconds)
-    result = run_stage(stage, config, overwrite=True, callbacks=[budget])
-    history = [h for h in result.log_history if "train_runtime" not in h]
-    return result.output_dir, budget.elapsed, result.global_step, history
-
-
-def common_config(args, seed, student, train_file, output_dir):
-    return dict(
-        output_dir=str(output_dir), student=str(student), train_file=str(train_file), seed=seed,
-        max_prompt_length=256, max_completion_length=args.max_new_tokens, lora_r=args.lora_r or None,
-        lora_alpha=args.lora_alpha, max_steps=10**6, save_strategy="no", logging_steps=1, report_to="none",
-        use_cpu=True, disable_tqdm=True,
-    )  # fmt: skip
-
-
-def gad_config(args, seed, student, disc, train_file, output_dir, stage):
-    from gad.training.config import GADConfig, WarmupConfig
-
-    extra = dict(
-        discriminator=str(disc), per_device_train_batch_size=args.prompts_per_step * args.generations,
-        num_generations=args.generations, temperature=args.temperature,
-        discriminator_learning_rate=args.disc_lr, discriminator_updates=args.disc_updates,
-        discriminator_batch_size=16, discriminator_max_length=512,
-    )  # fmt: skip
-    base = common_config(args, seed, student, train_file, output_dir)
-    if stage == "warmup":
-        return WarmupConfig(**{**base, "max_steps": args.warmup_steps}, **extra, learning_rate=args.sft_lr,
-                            d_only_steps=args.d_only_steps)  # fmt: skip
-    return GADConfig(**base, **extra, learning_rate=args.gad_lr, beta=args.beta)
-
-
-def seqkd_config(args, seed, student, train_file, output_dir):
-    from gad.training.config import SeqKDConfig
-
-    return SeqKDConfig(
-        **common_config(args, seed, student, train_file, output_dir),
-        per_device_train_batch_size=args.seqkd_batch, learning_rate=args.sft_lr,
-    )  # fmt: skip
-
-
-def run_seqkd(args, seed, student, train_file, work):
-    out, loop, steps, history = train("seqkd", seqkd_config(args, seed, student, train_file, work / "seqkd"),
-                                      args.train_seconds)  # fmt: skip
-    return out / "student", {"train_seconds": loop, "steps": steps, "history": _slim(history)}
-
-
-def run_gad(args, seed, student, disc, train_file, work):
-    sft_loop = sft_steps = 0
-    sft_hist = []
-    if args.gad_warmup == "sft":
-        # Generator warmup: exactly SeqKD's trainer and settings (so, with the same seed, SeqKD's first steps).
-        rows = sum(1 for line in Path(train_file).read_text().splitlines() if line.strip())
-        config = seqkd_config(args, seed, student, train_file, work / "gad-sft")
-        config.max_steps = max(1, math.ceil(args.warmup_epochs * rows / args.seqkd_batch))
-        sft, sft_loop, sft_steps, sft_hist = train("seqkd", config, args.train_seconds)
-        student = sft / "student"
-    warm_config = gad_config(args, seed, student, disc, train_file, work / "warmup", "warmup")
-    if args.gad_warmup == "sft":  # discriminator warmup only: the student is frozen throughout
-        warm_config.max_steps = warm_config.d_only_steps = args.d_only_steps
-    warm, warm_loop, warm_steps, warm_hist = train("warmup", warm_config, max(args.train_seconds - sft_loop, 1e-3))
-    warm_loop += sft_loop
-    remaining = max(args.train_seconds - warm_loop, 1e-3)  # at least one adversarial step
-    out, loop, steps, history = train(
-        "gad",
-        gad_config(args, seed, warm / "student", warm / "discriminator", train_file, work / "gad", "gad"),
-        remaining,
-    )
-    info = {
-        "train_seconds": warm_loop + loop,
-        "warmup_seconds": warm_loop,
-        "sft_warmup_steps": sft_steps,
-        "warmup_steps": warm_steps,
-        "gad_steps": steps,
-        "d_acc_warmup": [h.get("d_acc") for h in warm_hist if "d_acc" in h],
-        "d_acc_gad": [h.get("d_acc") for h in history if "d_acc" in h],
-        "history": _slim(sft_hist) + _slim(warm_hist) + _slim(history),
+    system, _, _ = persona(args)
+    out = args.data_dir
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = {
+        "train": load_prompts(resource("demo", "demo-train.jsonl"))[0][: args.train_prompts],
+        "val": load_prompts(resource("demo", "demo-eval.jsonl"))[0][: args.val_prompts],
+        "test": [],
     }
-    return out / "student", out / "discriminator", info
+    for name in ("vicuna80", "selfinst252"):
+        rows = [r for r in load_prompt_set(name)[1] if len(r.messages[-1]["content"]) <= args.max_prompt_chars]
+        random.Random(1234).shuffle(rows)
+        prompts["test"] += rows[: args.test_prompts]
+    with tempfile.TemporaryDirectory(prefix="gad-persona-collect-") as tmp:
+        with TeacherServer(resolve_model(args.model), system=system, log_path=Path(tmp) / "server.log") as server:
+            for split, rows in prompts.items():
+                prompt_file = Path(tmp) / f"{split}-prompts.jsonl"
+                prompt_file.write_text("".join(json.dumps({"id": r.id, "prompt": r.messages}) + "\n" for r in rows))
+                config = CollectConfig(
+                    prompts=prompt_file, out=out / f"{split}.jsonl", model="teacher", base_url=server.base_url,
+                    n=args.test_samples if split == "test" else 1, temperature=0.7, max_tokens=args.max_new_tokens,
+                    seed=0, cache=Path(tmp) / "cache.sqlite", drop_truncated=False, refusal_regex=None,
+                    progress=True,
+                )  # fmt: skip
+                summary = collect(config)
+                log.info("%s: %d teacher answers", split, summary.rows_written)
+    (out / "persona.txt").write_text(system, encoding="utf-8")
+    return {split: len(rows) for split, rows in prompts.items()}
 
 
-def _slim(history):
-    keep = ("step", "loss", "sft_loss", "d_acc", "d_loss", "d_score_gap", "student_len", "rouge_l", "reward")
-    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items() if k in keep} for h in history]
+def load_split(data_dir: Path, split: str, limit: int | None = None) -> list[dict]:
+    """Rows {id, prompt_id, sample, prompt (text), response, stop} of a collected split."""
+    rows = []
+    for line in (data_dir / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        meta = record.get("metadata", {})
+        rows.append({
+            "id": meta.get("prompt_id", record["id"]), "sample": meta.get("sample_index", 0),
+            "prompt": record["prompt"][-1]["content"], "response": record["teacher_response"],
+            "stop": meta.get("finish_reason", "stop") != "length",
+        })  # fmt: skip
+    if limit is not None:
+        keep = list(dict.fromkeys(r["id"] for r in rows))[:limit]
+        rows = [r for r in rows if r["id"] in set(keep)]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -345,8 +216,8 @@ def _features(text: str, dim: int) -> dict[int, float]:
 
 def c2st(teacher_rows, student_rows, splits: int, seed: int, dim: int = 4096, l2: float = 1e-2) -> dict:
     """Two-sample classifier test: logistic regression on hashed word 1-2-grams, trained on the answers to half of
-    the prompts and scored on the other half (both ways, ``splits`` random halvings). Returns accuracy (%) and its
-    binomial standard error over the distinct answers."""
+    the prompts and scored on the other half (both ways, ``splits`` random halvings). Accuracy (%) and its binomial
+    standard error over the answers."""
     import torch
 
     texts = [(r["id"], r["response"], 1) for r in teacher_rows] + [(r["id"], r["response"], 0) for r in student_rows]
@@ -383,39 +254,280 @@ def c2st(teacher_rows, student_rows, splits: int, seed: int, dim: int = 4096, l2
             correct += (pred.float() == y[test_mask]).sum().item()
             total += int(test_mask.sum())
     acc = correct / max(total, 1)
-    n = len(texts)
-    return {"acc": 100 * acc, "se": 100 * math.sqrt(acc * (1 - acc) / max(n, 1)), "n": n}
+    return {"acc": 100 * acc, "se": 100 * math.sqrt(acc * (1 - acc) / max(len(texts), 1)), "n": len(texts)}
 
 
-def answer_metrics(rows, teacher_rows, checker, args, seed) -> dict:
-    from gad.metrics import rouge_l
+def answer_metrics(rows, teacher_rows, checker, splits: int, seed: int) -> dict:
+    from gad.metrics import distinct_n, is_degenerate, rouge_l
 
     teacher = {(r["id"], r["sample"]): r["response"] for r in teacher_rows}
-    words = [len(r["response"].split()) for r in rows]
-    result = {
-        "c2st": c2st(teacher_rows, rows, args.c2st_splits, seed) if rows is not teacher_rows else None,
-        "style_pass": 100 * sum(bool(checker(r["response"])) for r in rows) / len(rows),
-        "rouge_l": 100 * statistics.mean(rouge_l(r["response"], teacher[(r["id"], r["sample"])]) for r in rows),
-        "words": statistics.mean(words),
-        "stopped": 100 * sum(r["stop"] for r in rows) / len(rows),
-    }
+    words = statistics.mean(len(r["response"].split()) for r in rows)
     teacher_words = statistics.mean(len(r["response"].split()) for r in teacher_rows)
-    result["len_ratio"] = result["words"] / max(teacher_words, 1e-9)
+    matched = [rouge_l(r["response"], teacher[key]) for r in rows if (key := (r["id"], r["sample"])) in teacher]
+    return {
+        "c2st": c2st(teacher_rows, rows, splits, seed)["acc"] if rows is not teacher_rows else None,
+        "style_pass": 100 * statistics.mean(bool(checker(r["response"])) for r in rows),
+        "degenerate": 100 * statistics.mean(is_degenerate(r["response"]) for r in rows),
+        "distinct_2": distinct_n([r["response"] for r in rows], 2),
+        "rouge_l": 100 * statistics.mean(matched) if matched else None,
+        "words": words,
+        "len_ratio": words / max(teacher_words, 1e-9),
+    }
+
+
+def within_length_guard(metrics: dict) -> bool:
+    return LENGTH_GUARD[0] <= metrics["len_ratio"] <= LENGTH_GUARD[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training with periodic validation
+
+
+def sample_answers(model, tokenizer, prompts: list[dict], samples: int, args, seed: int) -> list[dict]:
+    """``samples`` sampled answers per prompt from a model in memory: rows {id, sample, prompt, response}."""
+    from gad.data import PromptRow
+    from gad.evaluation.generate import generate_with
+
+    rows = [PromptRow(f"{p['id']}#{k}", [{"role": "user", "content": p["prompt"]}]) for p in prompts
+            for k in range(samples)]  # fmt: skip
+    out = generate_with(model, tokenizer, rows, batch_size=16, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, seed=seed)  # fmt: skip
+    return [{"id": r["id"].rsplit("#", 1)[0], "sample": int(r["id"].rsplit("#", 1)[1]), "prompt": r["prompt"],
+             "response": r["response"]} for r in out]  # fmt: skip
+
+
+def validation_tracker(method: str, val_teacher: list[dict], checker, args, seed: int, best_dir: Path):
+    """A TrainerCallback that scores the student on the validation set every ``--eval-every`` steps (and at the end
+    of each stage), and keeps the best checkpoint under the length guard in ``best_dir``."""
+    from transformers import TrainerCallback
+
+    prompts = list({r["id"]: r for r in val_teacher}.values())
+
+    class ValidationTracker(TrainerCallback):
+        def __init__(self):
+            self.curve: list[dict] = []
+            self.best: dict | None = None
+            self.offset = 0  # steps of earlier stages of the same method (GAD: warmup, then gad)
+            self.stage = ""
+
+        def start_stage(self, stage: str, offset: int) -> None:
+            self.stage, self.offset = stage, offset
+
+        def on_step_end(self, args_, state, control, model=None, processing_class=None, **kwargs):
+            if state.global_step % args.eval_every == 0:
+                self.evaluate(state.global_step, model, processing_class)
+
+        def on_train_end(self, args_, state, control, model=None, processing_class=None, **kwargs):
+            if not self.curve or self.curve[-1]["step"] != self.offset + state.global_step:
+                self.evaluate(state.global_step, model, processing_class)
+
+        def evaluate(self, step: int, model, tokenizer) -> None:
+            answers = sample_answers(model, tokenizer, prompts, 1, args, seed=10_000 + seed)
+            metrics = answer_metrics(answers, val_teacher, checker, args.c2st_splits, seed)
+            point = {"step": self.offset + step, "stage": self.stage, **{k: _round(v) for k, v in metrics.items()}}
+            gap = abs(metrics["c2st"] - 50)
+            if within_length_guard(metrics) and (self.best is None or gap < self.best["c2st_gap"]):
+                self.best = {**point, "c2st_gap": gap}
+                model.save_pretrained(best_dir)
+                tokenizer.save_pretrained(best_dir)
+            self.curve.append(point)
+            log.info("%s validation at step %d: C2ST %.1f, style %.0f%%, len x%.2f", method, point["step"],
+                     metrics["c2st"], metrics["style_pass"], metrics["len_ratio"])  # fmt: skip
+
+    return ValidationTracker()
+
+
+def stage_configs(args, seed: int, model_dir: str, disc_dir: str, train_file: Path, work: Path) -> dict:
+    """The three stages' configs, built from a recipe the way `gad train` builds them (``--set`` as its overrides)."""
+    from gad.training.recipe import parse_overrides, resolve_stage
+
+    adversarial = dict(per_device_train_batch_size=args.prompts_per_step * args.generations,
+                       num_generations=args.generations, temperature=args.temperature,
+                       discriminator_learning_rate=args.disc_lr, discriminator_max_length=512,
+                       discriminator_trainable_layers=args.disc_top_layers)  # fmt: skip
+    recipe = {
+        "run_dir": str(work), "student": model_dir, "train_file": str(train_file), "seed": seed,
+        "max_prompt_length": 256, "max_completion_length": args.max_new_tokens, "save_strategy": "no",
+        "logging_steps": 1, "report_to": "none", "use_cpu": True, "disable_tqdm": True,
+        "seqkd": {"per_device_train_batch_size": args.seqkd_batch, "learning_rate": args.sft_lr,
+                  "num_train_epochs": args.seqkd_epochs},
+        "warmup": {**adversarial, "discriminator": disc_dir, "learning_rate": args.sft_lr,
+                   "num_train_epochs": args.warmup_epochs, "d_only_steps": args.d_only_steps},
+        "gad": {**adversarial, "learning_rate": args.gad_lr, "num_train_epochs": args.gad_epochs, "beta": args.beta},
+    }  # fmt: skip
+    overrides = parse_overrides(args.set)
+    pending = {str(work / "warmup")}  # written by the warmup stage of this run
+    return {stage: resolve_stage(recipe, stage, overrides, pending=pending) for stage in ("seqkd", "warmup", "gad")}
+
+
+def discriminator_folder(args, model_dir: str) -> str:
+    from gad.models import first_layers, resolve_model
+
+    if args.discriminator == "student":
+        return model_dir
+    if args.discriminator.startswith("first:"):
+        return str(first_layers(model_dir, int(args.discriminator.split(":", 1)[1])))
+    return resolve_model(args.discriminator)
+
+
+def run_seed(args, seed: int) -> dict:
+    """SeqKD and GAD from the same start, on the same answers; the chosen and the last students on the test set."""
+    from gad.evaluation.generate import load_model
+    from gad.models import resolve_model
+    from gad.training.stages import run_stage
+
+    _, checker, checker_text = persona(args)
+    limits = QUICK_PROMPTS if args.quick else {}
+    val_teacher = load_split(args.data_dir, "val", limits.get("val"))
+    test_teacher = load_split(args.data_dir, "test", limits.get("test"))
+    model_dir = resolve_model(args.model)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="gad-persona-"))
+    work.mkdir(parents=True, exist_ok=True)
+    train_file = work / "train.jsonl"  # the collected file, or its first prompts with --quick
+    lines = (args.data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()
+    train_file.write_text("".join(line + "\n" for line in lines[: limits.get("train")]), encoding="utf-8")
+    configs = stage_configs(args, seed, model_dir, discriminator_folder(args, model_dir), train_file, work)
+
+    methods: dict[str, dict] = {}
+    started = time.monotonic()
+    tracker = validation_tracker("seqkd", val_teacher, checker, args, seed, work / "seqkd-best")
+    tracker.start_stage("seqkd", 0)
+    seqkd = run_stage("seqkd", configs["seqkd"], overwrite=True, callbacks=[tracker])
+    methods["seqkd"] = {
+        "tracker": tracker,
+        "last": seqkd.layout.student,
+        "steps": {"seqkd": seqkd.global_step},
+        "seconds": time.monotonic() - started,
+        "history": seqkd.log_history,
+    }
+
+    started = time.monotonic()
+    tracker = validation_tracker("gad", val_teacher, checker, args, seed, work / "gad-best")
+    tracker.start_stage("warmup", 0)
+    warmup = run_stage("warmup", configs["warmup"], overwrite=True, callbacks=[tracker])
+    tracker.start_stage("gad", warmup.global_step)
+    gad = run_stage("gad", configs["gad"], overwrite=True, callbacks=[tracker])
+    methods["gad"] = {
+        "tracker": tracker,
+        "last": gad.layout.student,
+        "steps": {"warmup": warmup.global_step, "gad": gad.global_step},
+        "seconds": time.monotonic() - started,
+        "history": warmup.log_history + gad.log_history,
+    }
+
+    test_prompts = list({r["id"]: r for r in test_teacher}.values())
+    result = {"seed": seed, "checker": checker_text, "methods": {}}
+    for name, method in methods.items():
+        tracker = method["tracker"]
+        folders = {"last": method["last"], "chosen": tracker.best and (work / f"{name}-best")}
+        entry = {
+            "steps": method["steps"],
+            "train_seconds": round(method["seconds"], 1),
+            "chosen_step": tracker.best and tracker.best["step"],
+            "validation": tracker.curve,
+            "curves": _curves(method["history"]),
+        }
+        for which, folder in folders.items():
+            if folder is None:  # no checkpoint passed the length guard
+                entry[which] = None
+                continue
+            model, tokenizer = load_model(folder, "cpu")
+            answers = sample_answers(model, tokenizer, test_prompts, args.eval_samples, args, seed=40_000 + seed)
+            metrics = answer_metrics(answers, test_teacher, checker, args.c2st_splits, seed)
+            entry[which] = {k: _round(v) for k, v in metrics.items()}
+            entry[which]["examples"] = [a["response"] for a in answers[:3]]
+        result["methods"][name] = entry
+    result["teacher_test"] = {k: _round(v) for k, v in
+                              answer_metrics(test_teacher, test_teacher, checker, 1, 0).items()}  # fmt: skip
+    report(work, result, args.out_dir / f"seed{seed}.html")
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
-def disc_test_accuracy(disc_dir, teacher_rows, student_rows) -> float:
-    """Pairwise accuracy of a trained discriminator on the test prompts: teacher answer scored above the student's
-    answer to the same prompt and sample index (held out: test prompts were never trained on)."""
-    from gad.training.discriminator import Discriminator
+def _curves(history: list[dict]) -> list[dict]:
+    keep = ("step", "loss", "sft_loss", "reward", "d_acc", "d_acc_val", "d_loss", "student_len", "teacher_len")
+    return [{k: _round(v) for k, v in h.items() if k in keep} for h in history if "train_runtime" not in h]
 
-    disc = Discriminator.from_pretrained(disc_dir, max_length=512)
-    student = {(r["id"], r["sample"]): r for r in student_rows}
-    pairs = [(t, student[(t["id"], t["sample"])]) for t in teacher_rows if (t["id"], t["sample"]) in student]
-    prompts = [[{"role": "user", "content": t["prompt"]}] for t, _ in pairs]
-    t_scores = disc.score(prompts, [t["response"] for t, _ in pairs])
-    s_scores = disc.score(prompts, [s["response"] for _, s in pairs])
-    return 100 * (t_scores > s_scores).float().mean().item()
+
+def _round(value):
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def report(work: Path, result: dict, path: Path) -> None:
+    """The seed's HTML report: training curves of its three stages, under a table of its test figures."""
+    from gad.evaluation.report import Section, Table, build_report, fmt
+
+    header = ["method", "checkpoint", "step", "C2ST", "style %", "degenerate %", "distinct-2", "ROUGE-L", "len x"]
+    rows = []
+    for name, entry in result["methods"].items():
+        for which in ("chosen", "last"):
+            m = entry[which] or {}
+            step = entry["chosen_step"] if which == "chosen" else sum(entry["steps"].values())
+            rows.append([name, which, fmt(step, 0), *(fmt(m.get(k), d) for k, d in
+                         (("c2st", 1), ("style_pass", 0), ("degenerate", 0), ("distinct_2", 2), ("rouge_l", 1),
+                          ("len_ratio", 2)))])  # fmt: skip
+    section = Section(f"Persona benchmark, seed {result['seed']}",
+                      paragraphs=[f"Persona check: {result['checker']}. C2ST 50 % = indistinguishable."],
+                      tables=[Table("Test set (out of distribution)", header, rows)])  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_report([work], path, title="Persona benchmark", summary=section)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# merge
+
+
+def paired(values: list[float]) -> dict:
+    """Mean and 95 % interval (t distribution) of per-seed paired differences."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return {"mean": _round(mean), "low": None, "high": None, "per_seed": values}
+    half = T_95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+    return {"mean": _round(mean), "low": _round(mean - half), "high": _round(mean + half), "per_seed": values}
+
+
+def merge(paths: list[Path]) -> dict:
+    seeds = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    if not seeds:
+        raise SystemExit("persona merge: no seed files (run `persona.py run --seeds ...` first)")
+    table: dict[str, dict] = {}
+    for name in ("seqkd", "gad"):
+        for which in ("chosen", "last"):
+            runs = [s["methods"][name][which] for s in seeds if s["methods"][name][which]]
+            table[f"{name}/{which}"] = {
+                key: {"per_seed": [r[key] for r in runs], "mean": _round(statistics.mean(r[key] for r in runs))}
+                for key in ("c2st", "style_pass", "degenerate", "distinct_2", "rouge_l", "len_ratio")
+                if runs
+            }
+    both = [s for s in seeds if s["methods"]["gad"]["chosen"] and s["methods"]["seqkd"]["chosen"]]
+    closer = paired([abs(s["methods"]["seqkd"]["chosen"]["c2st"] - 50) - abs(s["methods"]["gad"]["chosen"]["c2st"] - 50)
+                     for s in both])  # fmt: skip
+    style = paired([s["methods"]["gad"]["chosen"]["style_pass"] - s["methods"]["seqkd"]["chosen"]["style_pass"]
+                    for s in both])  # fmt: skip
+    degenerate = paired([s["methods"]["gad"]["chosen"]["degenerate"] - s["methods"]["seqkd"]["chosen"]["degenerate"]
+                         for s in both])  # fmt: skip
+    d_val = [h["d_acc_val"] for s in seeds for h in s["methods"]["gad"]["curves"] if "d_acc_val" in h]
+    goals = {
+        "c2st_points_closer_to_50": goal(closer, closer["mean"] >= GOAL_C2ST_POINTS and (closer["low"] or 0) > 0,
+                                         f">= {GOAL_C2ST_POINTS:g} points, 95 % interval above 0"),
+        "style_at_least_seqkd": goal(style, style["mean"] >= 0, "GAD - SeqKD persona pass rate >= 0"),
+        "no_more_degenerate": goal(degenerate, degenerate["mean"] <= 0, "GAD - SeqKD degenerate share <= 0"),
+        "d_acc_val_after_warmup": goal(d_val[-1] if d_val else None, bool(d_val) and d_val[-1] >= 0.8,
+                                       ">= 0.8 (logged as d_acc_val)"),
+    }  # fmt: skip
+    return {"seeds": [s["seed"] for s in seeds], "per_seed": seeds, "table": table,
+            "paired": {"c2st_points_closer": closer, "style_pass": style, "degenerate": degenerate},
+            "goals": goals}  # fmt: skip
+
+
+def print_table(merged: dict) -> None:
+    print(f"\nPersona benchmark, seeds {merged['seeds']} (test set; C2ST 50 % = indistinguishable)")
+    keys = ("c2st", "style_pass", "degenerate", "distinct_2", "rouge_l", "len_ratio")
+    print(f"{'':<16}" + "".join(f"{k:>12}" for k in keys))
+    for name, row in merged["table"].items():
+        print(f"{name:<16}" + "".join(f"{row[k]['mean']:>12.2f}" if k in row else f"{'-':>12}" for k in keys))
+    print_goals(merged["goals"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -427,209 +539,30 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     for name in ("gad", "transformers", "trl", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
+    if args.command == "merge":
+        merged = merge(args.inputs or sorted(OUT_DIR.glob("seed*.json")))
+        print_table(merged)
+        return write_result(args.out, "persona", merged, argv)
+    if args.command == "collect":
+        counts = collect_data(args)
+        print(f"wrote {args.data_dir}: {counts}")
+        return counts
+    if args.threads:
+        import torch
 
-    torch.set_num_threads(args.threads)
-    started = time.monotonic()
-    system, checker, pattern = style(args.style, args.checker_regex)
-    system = args.system_prompt or system
-
-    from gad.models import resolve_model
-
-    model_dir = resolve_model(args.model)
-
-    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gad-persona-"))
-    work.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(args.data_dir)
-    train_prompts = load_set(data_dir, args.train_set, args.train_prompts, args.max_prompt_chars, seed=1234)
-    test_prompts = [
-        p for name in args.test_sets for p in load_set(data_dir, name, args.test_prompts, args.max_prompt_chars, 1234)
-    ]
-
-    # Teacher: the same model with the hidden system prompt, queried once; both methods train on these answers.
-    t0 = time.monotonic()
-    teacher_train = answer(model_dir, train_prompts, args.teacher_samples, system, args, 10_000, "teacher train")
-    teacher_train_pass = [bool(checker(r["response"])) for r in teacher_train]
-    kept = [r for r, ok in zip(teacher_train, teacher_train_pass, strict=True) if ok or not args.filter_teacher]
-    train_file = work / "teacher_train.jsonl"
-    with train_file.open("w") as handle:
-        for r in kept:
-            # An answer cut by max_new_tokens is marked unfinished, so the student is not taught to stop there.
-            handle.write(json.dumps({"id": f"{r['id']}#{r['sample']}", "prompt": r["prompt"],
-                                     "teacher_response": r["response"],
-                                     "finish_reason": "stop" if r["stop"] else "length"}) + "\n")  # fmt: skip
-    teacher_test = answer(model_dir, test_prompts, args.eval_samples, system, args, 20_000, "teacher test")
-    base_test = answer(model_dir, test_prompts, args.eval_samples, None, args, 30_000, "student before")
-    teacher_seconds = time.monotonic() - t0
-    log.info("teacher: %d train answers (%d pass the checker), %s s", len(teacher_train), sum(teacher_train_pass),
-             round(teacher_seconds))  # fmt: skip
-
-    disc_dir = model_dir
-    if args.disc_layers:
-        from gad.models import first_layers
-
-        disc_dir = str(first_layers(model_dir, args.disc_layers))
-
-    models = {
-        "teacher": answer_metrics(teacher_test, teacher_test, checker, args, 0),
-        "before": answer_metrics(base_test, teacher_test, checker, args, 0),
-    }
-    runs = []
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        for key, value in QUICK_ARGS.items():
+            setattr(args, key, value)
+    written = {}
     for seed in args.seeds:
-        for method in ("seqkd", "gad"):
-            log.info("seed %d: %s (%s s of training)", seed, method, args.train_seconds)
-            run_dir = work / f"seed{seed}"
-            t_method = time.monotonic()
-            if method == "seqkd":
-                student_dir, info = run_seqkd(args, seed, model_dir, train_file, run_dir)
-                disc_final = None
-            else:
-                student_dir, disc_final, info = run_gad(args, seed, model_dir, disc_dir, train_file, run_dir)
-            rows = answer(student_dir, test_prompts, args.eval_samples, None, args, 40_000 + seed, method)
-            metrics = answer_metrics(rows, teacher_test, checker, args, seed)
-            if disc_final is not None:
-                metrics["disc_test_acc"] = disc_test_accuracy(disc_final, teacher_test, rows)
-            wall = time.monotonic() - t_method
-            runs.append({"seed": seed, "method": method, **metrics, **info, "method_wall_s": wall,
-                         "examples": [r["response"] for r in rows[:4]], "answers": _answers(rows)})  # fmt: skip
-            shutil.rmtree(run_dir, ignore_errors=True)
-            log.info("seed %d %s: C2ST %.1f%%, style %.0f%%", seed, method, metrics["c2st"]["acc"],
-                     metrics["style_pass"])  # fmt: skip
-
-    summary = summarize(runs)
-    result = {
-        "wall_seconds": round(time.monotonic() - started, 1),
-        "scale": f"CPU-scale run (2 cores): {len(train_prompts)} train prompts, {args.max_new_tokens}-token answers, "
-        f"{args.train_seconds:.0f} s of training per method; see notes",
-        "teacher": {
-            "model": args.model,
-            "system_prompt": system,
-            "checker": pattern,
-            "served": "in-process (same weights + hidden system prompt), not over HTTP",
-            "train_answers": len(teacher_train),
-            "train_pass_rate": 100 * sum(teacher_train_pass) / len(teacher_train),
-            "train_rows_used": len(kept),
-            "dropped_by_filter": len(teacher_train) - len(kept),
-            "test_answers": len(teacher_test),
-            "seconds": round(teacher_seconds, 1),
-            "examples": [r["response"] for r in teacher_test[:4]],
-        },
-        "data": {
-            "train_set": args.train_set,
-            "train_prompts": len(train_prompts),
-            "test_sets": args.test_sets,
-            "test_prompts": len(test_prompts),
-            "eval_samples": args.eval_samples,
-        },  # fmt: skip
-        "config": vars(args),
-        "reference": models,
-        "reference_answers": {"teacher": _answers(teacher_test), "before": _answers(base_test)},
-        "runs": runs,
-        "summary": summary,
-        "goals": goals(summary, models["before"]),
-        "notes": NOTES,
-    }
-    print_table(result)
-    result = write_result(Path(args.out), "persona", result, argv)
-    if not args.workdir:
-        shutil.rmtree(work, ignore_errors=True)
-    return result
-
-
-NOTES = [
-    "CPU-scale: about a hundred teacher answers, 40-token answers, five minutes of training per method, a "
-    "discriminator cut to the model's first layers. The numbers show whether the pipeline separates the methods at "
-    "this scale, not the paper's effect sizes.",
-    "A GPU run would use hundreds to thousands of train prompts, full-length answers (256+ tokens), the full student "
-    "as discriminator (paper), 1 SeqKD epoch-equivalent of warmup and hundreds of GAD steps, and all 80 + 252 test "
-    "prompts with more samples each (C2ST standard error about 1 point).",
-    "C2ST uses a bag-of-ngrams classifier: it detects lexical style (the persona) and length, not fluency.",
-    "Teacher answers cut at --max-new-tokens are marked unfinished (finish_reason length) and trained on without an "
-    "end-of-turn token, so students are not taught to stop where the cap cut the teacher.",
-]
-
-
-def _answers(rows):
-    """Every test answer, so that other metrics can be computed from the JSON later."""
-    return [{"id": r["id"], "sample": r["sample"], "response": r["response"], "stop": r["stop"]} for r in rows]
-
-
-def summarize(runs):
-    out = {}
-    for method in ("seqkd", "gad"):
-        mine = [r for r in runs if r["method"] == method]
-        if not mine:
-            continue
-        c2 = [r["c2st"]["acc"] for r in mine]
-        out[method] = {
-            "seeds": len(mine),
-            "c2st": statistics.mean(c2),
-            "c2st_gap": statistics.mean(abs(c - 50) for c in c2),
-            "c2st_seed_sd": statistics.stdev(c2) if len(c2) > 1 else None,
-            "c2st_se": statistics.mean(r["c2st"]["se"] for r in mine) / math.sqrt(len(mine)),
-            "style_pass": statistics.mean(r["style_pass"] for r in mine),
-            "rouge_l": statistics.mean(r["rouge_l"] for r in mine),
-            "words": statistics.mean(r["words"] for r in mine),
-            "train_seconds": statistics.mean(r["train_seconds"] for r in mine),
-        }
-    return out
-
-
-def goals(summary, before):
-    """The goals, plus the check that keeps them honest: did either method move the student closer to the teacher
-    than it was before training? A GAD that barely trains 'wins' the C2ST goal against a SeqKD that gets worse,
-    without having learned anything."""
-    if "seqkd" not in summary or "gad" not in summary:
-        return {"both_methods": goal(sorted(summary), False, "both seqkd and gad ran")}
-    s, g = summary["seqkd"], summary["gad"]
-    closer = round(s["c2st_gap"] - g["c2st_gap"], 2)
-    before_gap = abs(before["c2st"]["acc"] - 50)
-    return {
-        "c2st_points_closer_to_50": goal(
-            closer, closer >= GOAL_C2ST_POINTS and g["seeds"] >= 2, f">= {GOAL_C2ST_POINTS:g} points, >= 2 seeds"
-        ),
-        "style_above_seqkd": goal(
-            round(g["style_pass"] - s["style_pass"], 2), g["style_pass"] > s["style_pass"], "> 0"
-        ),
-        "gad_closer_than_before": goal(round(before_gap - g["c2st_gap"], 2), before_gap > g["c2st_gap"], "> 0"),
-    }
-
-
-def print_table(result):
-    ref, runs = result["reference"], result["runs"]
-    print(f"\nPersona benchmark ({result['scale']})")
-    print(f"teacher system prompt (hidden): {result['teacher']['system_prompt']!r}")
-    print(f"teacher train answers: {result['teacher']['train_answers']}, pass rate "
-          f"{result['teacher']['train_pass_rate']:.0f}%, dropped {result['teacher']['dropped_by_filter']}")  # fmt: skip
-    head = f"{'model':<16}{'C2ST %':>14}{'style %':>9}{'ROUGE-L':>9}{'words':>7}{'len x':>7}{'train s':>9}{'steps':>9}"
-    head += f"{'stop %':>8}{'D acc end':>11}{'D acc test':>11}"
-    print(head)
-    print("-" * len(head))
-
-    def line(name, m, secs="", steps="", dacc="", dtest=""):
-        c = f"{m['c2st']['acc']:.1f}±{m['c2st']['se']:.1f}" if m.get("c2st") else "(50)"
-        print(f"{name:<16}{c:>14}{m['style_pass']:>9.1f}{m['rouge_l']:>9.1f}{m['words']:>7.1f}{m['len_ratio']:>7.2f}"
-              f"{secs:>9}{steps:>9}{m['stopped']:>8.0f}{dacc:>11}{dtest:>11}")  # fmt: skip
-
-    line("teacher", ref["teacher"])
-    line("student before", ref["before"])
-    for r in runs:
-        steps = str(r["steps"]) if r["method"] == "seqkd" else f"{r['warmup_steps']}+{r['gad_steps']}"
-        if r.get("sft_warmup_steps"):
-            steps = f"{r['sft_warmup_steps']}+{steps}"
-        d = r.get("d_acc_gad") or r.get("d_acc_warmup") or []
-        dacc = f"{100 * statistics.mean(d[-3:]):.0f}" if d else ""
-        dtest = f"{r['disc_test_acc']:.0f}" if "disc_test_acc" in r else ""
-        line(f"{r['method']} s{r['seed']}", r, f"{r['train_seconds']:.0f}", steps, dacc, dtest)
-    for method, s in result["summary"].items():
-        print(f"mean {method:<6} C2ST {s['c2st']:.1f} (|C2ST-50| {s['c2st_gap']:.1f}, SE {s['c2st_se']:.1f}), style "
-              f"{s['style_pass']:.1f}%, ROUGE-L {s['rouge_l']:.1f}, words {s['words']:.1f}")  # fmt: skip
-    print_goals(result["goals"])
-    print("(a goal met without a gain over the untrained student is not evidence for GAD)")
-    print(f"wall time {result['wall_seconds']:.0f} s")
+        started = time.monotonic()
+        result = run_seed(args, seed)
+        result["wall_seconds"] = round(time.monotonic() - started, 1)
+        result["goals"] = {}  # the goals are judged over seeds, by `merge`
+        written[seed] = write_result(args.out_dir / f"seed{seed}.json", "persona", result, argv)
+    return written
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main() is not None else 1)

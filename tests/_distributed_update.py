@@ -1,6 +1,6 @@
 """Helper of tests/test_distributed.py: one DiscriminatorUpdater step per scenario, each process on its own share of
 the pairs (uneven on purpose: other prompts, other sample counts, or none at all). Each process saves what the step
-did (gradients, parameters, statistics) to OUT_DIR/SCENARIO-rankN.pt; the test compares them with one process
+did (parameters after it, statistics) to OUT_DIR/SCENARIO-rankN.pt; the test compares them with one process
 stepping on the union of the shares (:func:`run_update` without an accelerator).
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/_distributed_update.py MODEL_DIR OUT_DIR
@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -25,6 +24,9 @@ SCENARIOS: dict[str, tuple[str | None, list[list[tuple[int, int]]]]] = {
     "idle": ("reuse", [[], [(0, 2), (1, 1)]]),  # one process without a single pair
     "fused": ("fused", [[(0, 1), (1, 4)], [(2, 2)]]),
 }
+# Also with the discriminator sharded over the processes (FSDP2): unclipped (a wrongly scaled gradient shows), and
+# clipped (the gradient norm is then a collective over the shards). Name: (scenario, max_grad_norm).
+SHARDED = {"sharded": ("uneven", None), "sharded-clipped": ("uneven", 0.2)}
 
 
 def pairs(share: list[tuple[int, int]]) -> tuple[list, list[str], list[str], list[int]]:
@@ -38,18 +40,54 @@ def pairs(share: list[tuple[int, int]]) -> tuple[list, list[str], list[str], lis
     return prompts, teachers, students, group
 
 
-def run_update(model_dir: str | Path, share: list[tuple[int, int]], mode: str | None, accelerator=None) -> dict:
+def shard(disc, accelerator) -> None:
+    """FSDP2 over every process: each decoder layer, the backbone (embeddings, final norm) and the score head, the
+    modules :meth:`Discriminator.forward` calls, are their own units."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (accelerator.num_processes,))
+    backbone = getattr(disc.model, disc.model.base_model_prefix)
+    for module in [*backbone.layers, backbone, disc.model.score]:
+        fully_shard(module, mesh=mesh)
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, a sharded one gathered from every process (a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    return (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().clone()
+
+
+def local_size(disc) -> tuple[int, int]:
+    """Parameter elements held by this process, and in the whole discriminator."""
+    from torch.distributed.tensor import DTensor
+
+    held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in disc.parameters())
+    return held, sum(p.numel() for p in disc.parameters())
+
+
+def run_update(
+    model_dir: str | Path,
+    share: list[tuple[int, int]],
+    mode: str | None,
+    accelerator=None,
+    *,
+    sharded: bool = False,
+    max_grad_norm: float | None = None,
+) -> dict:
     """One step from a freshly loaded discriminator (the same weights in every process); what it did."""
     from gad.training.discriminator import Discriminator, DiscriminatorUpdater
 
     disc = Discriminator.from_pretrained(model_dir, seed=0)
-    updater = DiscriminatorUpdater(disc, learning_rate=1e-3, batch_size=BATCH_SIZE, accelerator=accelerator)
-    grads: list[torch.Tensor] = []
-    # The gradient the optimizer is given (summed across processes, clipped): AdamW's first step is about
-    # lr * sign(gradient), which would hide a wrongly scaled gradient; the gradient itself does not.
-    updater.optimizer.register_step_pre_hook(
-        lambda optimizer, args, kwargs: grads.extend(p.grad.clone() for p in updater.trainable)
+    if sharded:
+        shard(disc, accelerator)
+    updater = DiscriminatorUpdater(
+        disc, learning_rate=1.0, max_grad_norm=max_grad_norm, batch_size=BATCH_SIZE, accelerator=accelerator
     )
+    # Plain SGD at lr 1: the parameters move by the gradient itself (summed across processes; unclipped by default,
+    # so that a wrongly scaled one shows). AdamW's first step, about lr * sign(gradient), would hide a wrong scale.
+    updater.optimizer = torch.optim.SGD(updater.trainable, lr=1.0)
     prompts, teachers, students, group = pairs(share)
     scores = None
     if mode is not None:
@@ -57,9 +95,9 @@ def run_update(model_dir: str | Path, share: list[tuple[int, int]], mode: str | 
         scores = score([prompts[g] for g in group], students, batch_size=BATCH_SIZE)
     stats = updater.step(prompts, teachers, students, group, scores)
     return {
-        "grads": grads,
-        "params": [p.detach().clone() for p in updater.trainable],
+        "params": [full(p) for p in updater.trainable],
         "stats": stats.as_metrics(),
+        "size": local_size(disc),
     }
 
 
@@ -75,7 +113,11 @@ def main(argv: list[str]) -> None:
     accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=TIMEOUT_S))])
     rank = accelerator.process_index
     for name, (mode, shares) in SCENARIOS.items():
-        result: dict[str, Any] = run_update(model_dir, shares[rank], mode, accelerator)
+        result = run_update(model_dir, shares[rank], mode, accelerator)
+        torch.save(result, out / f"{name}-rank{rank}.pt")
+    for name, (scenario, max_grad_norm) in SHARDED.items():
+        mode, shares = SCENARIOS[scenario]
+        result = run_update(model_dir, shares[rank], mode, accelerator, sharded=True, max_grad_norm=max_grad_norm)
         torch.save(result, out / f"{name}-rank{rank}.pt")
     accelerator.end_training()
 

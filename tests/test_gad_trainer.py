@@ -242,3 +242,213 @@ def test_discriminator_trainable_layers_freezes_the_lower_discriminator(tmp_path
             train_file=str(tiny_train_file),
             discriminator_trainable_layers=0,
         )
+
+
+# -- safeguards and diagnostics (all off by default) -----------------------------------------------------------------
+
+
+def _logged(trainer, key: str) -> list:
+    return [row[key] for row in trainer.state.log_history if key in row]
+
+
+def test_skipped_updates_leave_the_discriminator_untouched_and_are_capped_and_flagged(
+    tmp_path, tiny_model_dir, tiny_train_file, monkeypatch, caplog
+):
+    trainer = _trainer(
+        "gad", GADConfig, tmp_path, tiny_model_dir, tiny_train_file,
+        max_steps=6, discriminator_learning_rate=1e-3, discriminator_skip_accuracy=0.0, discriminator_max_skips=2,
+        discriminator_collapse_accuracy=0.7, discriminator_saturation_accuracy=0.9, safeguard_window=2,
+    )  # fmt: skip
+    update = trainer._update_discriminator
+    changed = []
+
+    def watched(batch):
+        before = _params(trainer.discriminator)
+        result = update(batch)
+        changed.append(_changed(before, trainer.discriminator))
+        return result
+
+    monkeypatch.setattr(trainer, "_update_discriminator", watched)
+    with caplog.at_level("WARNING", logger="gad.training.gad_trainer"):
+        trainer.train()
+
+    accuracy, skipped = _logged(trainer, "d_acc"), _logged(trainer, "d_skipped")
+    expected, run = [], 0
+    for value in accuracy:  # skip while above the threshold, at most 2 in a row
+        skip = value > 0.0 and run < 2
+        run = run + 1 if skip else 0
+        expected.append(float(skip))
+    assert skipped == expected and 1.0 in skipped and 0.0 in skipped
+    assert changed == [not s for s in skipped]  # a skipped step leaves every discriminator weight as it was
+
+    # Flags from the fresh accuracy averaged over a full window of 2 steps; one warning each time a flag rises.
+    means = [None] + [(a + b) / 2 for a, b in zip(accuracy, accuracy[1:], strict=False)]
+    for flag, raised, word in (
+        ("d_collapse", lambda m: m is not None and m < 0.7, "collapse"),
+        ("d_saturated", lambda m: m is not None and m >= 0.9, "saturation"),
+    ):
+        flags = _logged(trainer, flag)
+        assert flags == [float(raised(m)) for m in means], flag
+        rises = sum(1 for before, now in zip([0.0, *flags], flags, strict=False) if now > before)
+        warned = [r for r in caplog.records if f"discriminator_{word}_accuracy" in r.getMessage()]
+        assert len(warned) == rises, flag
+
+
+def test_flags_rise_warn_once_and_clear(tmp_path, tiny_model_dir, tiny_train_file, caplog):
+    trainer = _trainer(
+        "gad", GADConfig, tmp_path, tiny_model_dir, tiny_train_file,
+        max_steps=1, discriminator_collapse_accuracy=0.2, discriminator_saturation_accuracy=0.99, safeguard_window=3,
+    )  # fmt: skip
+    flags = []
+    with caplog.at_level("WARNING", logger="gad.training.gad_trainer"):
+        for accuracy in (0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 1.0, 1.0, 1.0, 1.0):
+            metrics = {"d_acc": accuracy}
+            trainer._warn_on_discriminator(metrics)
+            flags.append((metrics["d_collapse"], metrics["d_saturated"]))
+        length = []
+        for ratio in (1.0, 0.4, 0.45, 1.2, 2.5, 3.0):  # drift both ways outside [1/2, 2] (length_warning_ratio=2)
+            metrics = {"len_ratio": ratio, "student_len": 10 * ratio, "teacher_len": 10.0}
+            trainer._warn_on_length(metrics)
+            length.append(metrics["length_drift"])
+    # Collapse needs a full window (3 steps); it clears once the mean passes 0.2, saturation once it reaches 0.99.
+    assert [c for c, _ in flags] == [0, 0, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert [s for _, s in flags] == [0, 0, 0, 0, 0, 0, 0, 0, 1, 1]
+    assert length == [0, 1, 1, 0, 1, 1]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("discriminator_collapse_accuracy" in m for m in messages) == 1
+    assert sum("discriminator_saturation_accuracy" in m for m in messages) == 1
+    assert sum("length_warning_ratio" in m for m in messages) == 2  # too short, then (after clearing) too long
+
+
+def test_logsigmoid_reward_bounds_the_students_reward_and_leaves_the_discriminator_alone(
+    tmp_path, tiny_model_dir, tiny_train_file
+):
+    runs = {}
+    for transform in ("raw", "logsigmoid"):
+        trainer = _trainer(
+            "gad", GADConfig, tmp_path / transform, tiny_model_dir, tiny_train_file,
+            max_steps=1, discriminator_learning_rate=1e-3, reward_transform=transform,
+        )  # fmt: skip
+        trainer.train()
+        runs[transform] = next(row for row in trainer.state.log_history if "d_loss" in row)
+    raw, bounded = runs["raw"], runs["logsigmoid"]
+    assert raw["reward"] == pytest.approx(raw["d_student_score"], abs=1e-5)  # the raw score is the reward
+    for key in ("d_loss", "d_acc", "d_student_score", "d_teacher_score"):  # same samples, same discriminator update
+        assert bounded[key] == pytest.approx(raw[key], rel=1e-5, abs=1e-6), key
+    # mean(log sigmoid(D)) <= log sigmoid(mean D) (concavity), and log sigmoid < 0.
+    assert bounded["reward"] < 0
+    assert bounded["reward"] <= torch.nn.functional.logsigmoid(torch.tensor(raw["d_student_score"])).item() + 1e-6
+
+
+def _match_rate(model, tokenizer, pattern: str, prompts, seed: int) -> float:
+    import re
+
+    torch.manual_seed(seed)
+    texts = tokenizer.apply_chat_template(prompts, tokenize=False, add_generation_prompt=True)
+    batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=True, temperature=1.0, max_new_tokens=4, num_return_sequences=16)
+    samples = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    return sum(re.search(pattern, s) is not None for s in samples) / len(samples)
+
+
+def test_style_regex_oracle_is_the_reward_and_the_student_moves_towards_it(tmp_path, tiny_model_dir, tiny_train_file):
+    pattern = "^ "  # a sample that starts with a space: about a third of the random student's, set by its first token
+    trainer = _trainer(
+        "gad", GADConfig, tmp_path, tiny_model_dir, tiny_train_file,
+        max_steps=1, learning_rate=1e-3, beta=0.0, max_grad_norm=1.0, per_device_train_batch_size=64,
+        num_generations=8, temperature=1.0, discriminator_learning_rate=1e-3, reward_source="style_regex",
+        style_regex=pattern,
+    )  # fmt: skip
+    prompts = [[{"role": "user", "content": f"What is a {n}?"}] for n in ("cat", "ship", "moon", "road")]
+    model, tokenizer = trainer.model, trainer.processing_class
+    disc_before = _params(trainer.discriminator)
+    before = [_match_rate(model, tokenizer, pattern, prompts, seed) for seed in (7, 8, 9)]
+    trainer.train()
+    after = [_match_rate(model.eval(), tokenizer, pattern, prompts, seed) for seed in (7, 8, 9)]
+    row = next(row for row in trainer.state.log_history if "d_loss" in row)
+    assert row["reward"] == pytest.approx(row["style_match"]) == pytest.approx(row["rewards/style_regex/mean"])
+    assert "rewards/discriminator/mean" not in row
+    assert _changed(disc_before, trainer.discriminator)  # the discriminator still trains (and logs d_loss, d_acc)
+    assert all(a > b for a, b in zip(after, before, strict=True)), (before, after)
+    assert sum(after) / 3 > sum(before) / 3 + 0.05, (before, after)
+
+
+def test_d_acc_val_every_k_steps_on_prompts_held_out_of_training(
+    tmp_path, tiny_model_dir, tiny_train_file, monkeypatch
+):
+    trainer = _trainer(
+        "gad", GADConfig, tmp_path, tiny_model_dir, tiny_train_file,
+        max_steps=4, learning_rate=1e-3, discriminator_learning_rate=1e-3, discriminator_val_every=2,
+        discriminator_val_size=4,
+    )  # fmt: skip
+    rows, _ = load_training_rows(tiny_train_file)
+    assert len(trainer.val_rows) == 4 and len(trainer.train_dataset) == len(rows) - 4
+    held_out = {json.dumps(prompt) for prompt, _ in trainer.val_rows}
+    assert not held_out & {json.dumps(prompt) for prompt in trainer.train_dataset["prompt"]}
+
+    trained_on, samples = [], []
+    original_step, original_sample = DiscriminatorUpdater.step, trainer._sample_validation
+
+    def recording_step(self, prompts, *args, **kwargs):
+        trained_on.extend(json.dumps(prompt) for prompt in prompts)
+        return original_step(self, prompts, *args, **kwargs)
+
+    def recording_sample(prompts):
+        samples.append(original_sample(prompts))
+        return samples[-1]
+
+    monkeypatch.setattr(DiscriminatorUpdater, "step", recording_step)
+    monkeypatch.setattr(trainer, "_sample_validation", recording_sample)
+    trainer.train()
+    logged = [(row["step"], row["d_acc_val"]) for row in trainer.state.log_history if "d_acc_val" in row]
+    assert [step for step, _ in logged] == [2, 4]
+    assert all(0.0 <= value <= 1.0 for _, value in logged)
+    assert all("d_acc" in row for row in trainer.state.log_history if "d_acc_val" in row)  # logged next to it
+    assert trained_on and not held_out & set(trained_on)  # the discriminator never trains on a validation prompt
+    assert len(samples) == 2 and all(len(s) == 4 for s in samples)
+    assert samples[0] != samples[1]  # fresh samples of the student as it is at that step, not cached ones
+
+
+def test_d_acc_val_from_a_file_changes_no_training_step(tmp_path, tiny_model_dir, tiny_train_file):
+    val_file = tmp_path / "val.jsonl"
+    val_file.write_text(
+        "".join(
+            json.dumps({"prompt": f"What is a {n}?", "teacher_response": f"Ahoy! The {n} be grand, matey. Arr!"}) + "\n"
+            for n in ("kite", "drum", "bell")
+        )
+    )
+    runs = {}
+    validation = dict(
+        discriminator_val_every=1, discriminator_val_file=str(val_file), discriminator_val_temperature=1.0
+    )
+    for name, extra in (("off", {}), ("on", validation)):
+        trainer = _trainer(
+            "gad", GADConfig, tmp_path / name, tiny_model_dir, tiny_train_file,
+            max_steps=2, learning_rate=1e-3, discriminator_learning_rate=1e-3, **extra,
+        )  # fmt: skip
+        trainer.train()
+        runs[name] = [row for row in trainer.state.log_history if "d_loss" in row]
+    assert [len(trainer.val_rows), len(trainer.train_dataset)] == [3, len(load_training_rows(tiny_train_file)[0])]
+    assert all("d_acc_val" in row for row in runs["on"]) and not any("d_acc_val" in row for row in runs["off"])
+    # Sampled validation draws from its own generator: every training step is the same with and without it.
+    for off, on in zip(runs["off"], runs["on"], strict=True):
+        for key in ("d_loss", "d_acc", "reward", "student_len", "rouge_l"):
+            assert on[key] == pytest.approx(off[key], rel=1e-5, abs=1e-6), key
+
+
+def test_gad_trains_an_encoder_discriminator_with_its_own_tokenizer(tmp_path, tiny_model_dir, tiny_train_file):
+    from test_discriminator import tiny_bert
+
+    bert = tiny_bert(tmp_path / "bert", max_positions=24)
+    trainer = _trainer(
+        "gad", GADConfig, tmp_path, tiny_model_dir, tiny_train_file,
+        max_steps=2, discriminator=str(bert), discriminator_learning_rate=1e-3,
+    )  # fmt: skip
+    disc = trainer.discriminator
+    assert disc.is_encoder and disc.max_length == 24  # [prompt; sample] in BERT tokens is longer: cut, not a crash
+    before = _params(disc)
+    trainer.train()
+    assert _changed(before, disc)
+    logs = [row for row in trainer.state.log_history if "d_loss" in row]
+    assert len(logs) == 2 and all(torch.isfinite(torch.tensor(row["d_loss"])) for row in logs)

@@ -425,3 +425,9 @@ def test_shipped_recipes_run_from_any_folder(tmp_path, monkeypatch):
     for name in ("tiny-cpu.yaml", "laptop.yaml"):
         config = resolve_stage(load_recipe(recipes / name), "seqkd", {"run_dir": "r"}, source=str(recipes / name))
         assert Path(config.train_file).is_file(), name
+
+
+def test_report_to_none_is_the_word_not_a_missing_value(base):
+    assert resolve_stage({**base, "report_to": "none"}, "seqkd").report_to == []  # TrainingArguments: no integrations
+    assert resolve_stage(base, "seqkd", {"report_to": "none"}).report_to == []
+    assert resolve_stage(base, "warmup", {"lora_r": "none"}).lora_r is None  # elsewhere "none" is still None

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "gad.collect.cli",
     "gad.serve.server",
     "gad.training.cli",
+    "gad.plan_cli",
     "gad.evaluation.cli",
     "gad.demo.cli",
 )

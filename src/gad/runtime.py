@@ -67,8 +67,8 @@ def environ(**values: str) -> Iterator[None]:
 
 
 LAUNCH_COMMANDS = (
-    "on CPUs `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m gad.cli train ...` (gloo), "
-    "on GPUs `accelerate launch --num_processes N -m gad.cli train ...`"
+    "on CPUs with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m gad.cli train ...` (gloo), "
+    "on GPUs with `accelerate launch --multi_gpu --num_processes N -m gad.cli train ...`"
 )
 
 
@@ -85,12 +85,12 @@ def check_launch(num_processes: int, env: Mapping[str, str] | None = None) -> No
     if world_size > 1:
         raise GadError(
             f"WORLD_SIZE={world_size} but accelerate sees one process (without GPUs it needs ACCELERATE_USE_CPU=1), "
-            f"so each process would train alone; launch with {LAUNCH_COMMANDS}"
+            f"so each process would train alone; launch {LAUNCH_COMMANDS}"
         )
     if "ACCELERATE_DYNAMO_BACKEND" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
         raise GadError(
-            "`accelerate launch --cpu --num_processes N` starts one process only; launch with "
-            f"{LAUNCH_COMMANDS} (or unset MASTER_ADDR to run one process on purpose)"
+            f"`accelerate launch --cpu --num_processes N` starts one process only; launch {LAUNCH_COMMANDS} "
+            "(or unset MASTER_ADDR to run one process on purpose)"
         )
 
 

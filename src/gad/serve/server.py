@@ -8,8 +8,14 @@ accounting are theirs and kept up to date. We only add, around their FastAPI app
 - OpenAI sampling semantics: ``temperature > 0`` or ``top_p`` samples (``transformers`` would otherwise stay greedy
   when the model's generation config says so) with only temperature and top-p applied; ``temperature 0`` is greedy;
   ``max_tokens`` and ``seed`` are applied by ``transformers serve`` itself; ``n > 1`` is refused (send n requests);
-- any ``model`` name is accepted (the server is pinned to one model), only the chat, models and health routes are
-  exposed, and, when an API key is set, requests without ``Authorization: Bearer <key>`` get 401.
+- any ``model`` name is accepted (the server is pinned to one model), which answers and ``/v1/models`` name by its
+  folder's name (``tiny-llama``, not the absolute path); only the chat, models and health routes are exposed, and,
+  when an API key is set, requests without ``Authorization: Bearer <key>`` get 401;
+- requests are checked before anything is generated: a body over ``--max-body-bytes`` or a prompt over
+  ``--max-prompt-tokens`` gets 413, a field of the wrong type or range gets 400 naming it; errors are written the way
+  OpenAI writes them (``{"error": {"message": ..., "code": ...}}``), which OpenAI clients show;
+- a request whose client disconnects is dropped, or its generation stopped (:mod:`gad.serve.batching`), so that an
+  abandoned long answer does not hold up the requests behind it.
 
 It binds to 127.0.0.1 unless ``--host`` says otherwise, and then an API key (from an environment variable) is required.
 Concurrent requests are generated in batches (:mod:`gad.serve.batching`; ``--no-batching`` for one at a time). On
@@ -20,9 +26,11 @@ For tests and the demo, :class:`TeacherServer` runs it in a subprocess and waits
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import os
 import signal
 import sys
@@ -43,6 +51,14 @@ EXPOSED_PATHS = frozenset({"/health", "/v1/models", "/v1/chat/completions"})
 EXIT_GRACE_S = 0.5
 # How often the server checks that the process that started it (--parent-pid) is still there.
 PARENT_POLL_S = 1.0
+# A chat request is a few KB; a larger body is refused (413) before it is read, and its prompt never tokenized.
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+TEXT_PARTS = frozenset({"text", "input_text", "output_text"})  # content parts whose "text" transformers serve reads
+# Request fields that must be whole numbers, and their least value (None: any).
+INTEGER_FIELDS = {"max_tokens": 1, "max_completion_tokens": 1, "seed": None, "n": 1}
+# Request fields that must be numbers, and their range.
+NUMBER_FIELDS = {"temperature": (0.0, math.inf), "top_p": (0.0, 1.0), "frequency_penalty": (-2.0, 2.0)}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,12 +104,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch threads for generation (default: torch's, one per core); one generation runs at a time",
     )
     parser.add_argument(
+        "--max-body-bytes",
+        type=positive_int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        metavar="BYTES",
+        help=f"refuse (413) request bodies larger than this (default {DEFAULT_MAX_BODY_BYTES}, 1 MiB)",
+    )
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=positive_int,
+        default=None,
+        metavar="TOKENS",
+        help="refuse (413) prompts longer than this, counted after the chat template (default: the model's context "
+        "length, max_position_embeddings, or 4096 when its config has none)",
+    )
+    parser.add_argument(
         "--parent-pid",
         type=int,
         default=None,
         metavar="PID",
         help="exit when the process that started this one (PID, the parent) is gone",
     )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         batching=args.batching,
         threads=args.threads,
+        max_body_bytes=args.max_body_bytes,
+        max_prompt_tokens=args.max_prompt_tokens,
         parent_pid=args.parent_pid,
     )
     return 0
@@ -130,6 +174,84 @@ def merge_system(messages: list[dict[str, Any]], system: str) -> list[dict[str, 
     if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
         return [{"role": "system", "content": f"{system}\n\n{messages[0]['content']}"}, *messages[1:]]
     return [{"role": "system", "content": system}, *messages]
+
+
+def request_error(body: dict) -> str | None:
+    """What is wrong with a chat request, in one line naming the field; None when nothing is.
+
+    Why here: ``transformers serve`` reads these fields with ``int()``, ``float()`` and ``message["role"]``, so a wrong
+    type would be a 500 with a traceback in the log instead of a 400 the client can act on."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list of messages"
+    for index, message in enumerate(messages):
+        problem = _message_error(message)
+        if problem:
+            return f"messages[{index}]: {problem}"
+    for name, least in INTEGER_FIELDS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"'{name}' must be a whole number, got {_shown(value)}"
+        if least is not None and value < least:
+            return f"'{name}' must be at least {least}, got {value}"
+    for name, (low, high) in NUMBER_FIELDS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            return f"'{name}' must be a number, got {_shown(value)}"
+        if not low <= value <= high:
+            return f"'{name}' must be between {low:g} and {high:g}, got {value}"
+    if body.get("n") not in (None, 1):
+        return "'n' > 1 is not supported; send n requests"
+    stop = body.get("stop")
+    if stop is not None and not isinstance(stop, str) and not _strings(stop):
+        return f"'stop' must be a string or a list of strings, got {_shown(stop)}"
+    if body.get("stream") is not None and not isinstance(body["stream"], bool):
+        return f"'stream' must be true or false, got {_shown(body['stream'])}"
+    return None
+
+
+def _message_error(message: Any) -> str | None:
+    if not isinstance(message, dict):
+        return f"a message must be an object with 'role' and 'content', got {_shown(message)}"
+    role = message.get("role")
+    if role not in ROLES:
+        return f"'role' must be one of {', '.join(sorted(ROLES))}, got {_shown(role)}"
+    content = message.get("content")
+    if content is None:
+        # Only an assistant message that calls tools may have no content.
+        return None if role == "assistant" and message.get("tool_calls") else "'content' is missing"
+    if isinstance(content, str):
+        return None
+    if not isinstance(content, list):
+        return f"'content' must be a string or a list of content parts, got {_shown(content)}"
+    for index, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            return f"content[{index}] must be an object with a 'type', got {_shown(part)}"
+        if part["type"] in TEXT_PARTS and not isinstance(part.get("text"), str):
+            return f"content[{index}]: 'text' must be a string, got {_shown(part.get('text'))}"
+    return None
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _shown(value: Any) -> str:
+    """A request value for an error message: its JSON type and, shortened, itself."""
+    kinds = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
+    kind = "null" if value is None else kinds.get(type(value), type(value).__name__)
+    text = repr(value)
+    return f"{kind} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def served_name(model_id: str) -> str:
+    """The model's name in answers and ``/v1/models``: its folder's name. The absolute path would tell every client
+    (and every collected row) where this machine keeps its models."""
+    return Path(model_id).name or model_id
 
 
 def model_folder(model: str | Path) -> str:
@@ -150,9 +272,14 @@ def serve_teacher(
     log_level: str = "warning",
     batching: bool = True,
     threads: int | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_prompt_tokens: int | None = None,
     parent_pid: int | None = None,
 ) -> None:
-    """Serve ``model`` until interrupted (blocking). Refuses a non-loopback ``host`` without ``api_key``."""
+    """Serve ``model`` until interrupted (blocking). Refuses a non-loopback ``host`` without ``api_key``.
+
+    ``max_prompt_tokens=None``: the model's context length (see :class:`gad.serve.batching.TeacherGenerateManager`).
+    """
     if host not in LOOPBACK_HOSTS and not api_key:
         raise GadError(
             f"--host {host} exposes the teacher beyond this machine; set an API key with "
@@ -182,23 +309,31 @@ def serve_teacher(
     original_build = server_module.build_server
 
     def build_server(model_manager: Any, chat_handler: Any, *rest: Any, **kwargs: Any) -> Any:
-        batcher = None
-        if batching:
-            from gad.serve import batching as batching_module
+        from gad.serve import batching as batching_module
 
-            batcher = batching_module.install(chat_handler.generation_state)
+        manager = batching_module.install(
+            chat_handler.generation_state, batching=batching, max_prompt_tokens=max_prompt_tokens
+        )
+        batcher = manager if isinstance(manager, batching_module.BatchedGenerateManager) else None
         _adapt_chat_handler(chat_handler, model_id, system, batcher)
+        _rename_model(chat_handler, model_manager, served_name(model_id))
         app = original_build(model_manager, chat_handler, *rest, **kwargs)
+        _errors_as_openai(app)
+        # Middleware added last runs first: the guard turns away other routes and wrong keys before a body is read.
+        app.add_middleware(_WatchClient, max_body_bytes=max_body_bytes, client_gone=batching_module.client_gone)
         _guard(app, api_key)
         return app
 
     logger.info(
-        "serving %s on http://%s:%d/v1%s%s",
+        "serving %s as %s on http://%s:%d/v1%s%s (bodies up to %d bytes, prompts up to %s tokens)",
         model_id,
+        served_name(model_id),
         host,
         port,
         " with a hidden system prompt" * bool(system),
         "" if batching else " (no batching)",
+        max_body_bytes,
+        max_prompt_tokens or "the model's context length in",
     )
     # Serve() looks both up at call time; they are restored afterwards, for a caller that goes on (tests).
     with (
@@ -260,27 +395,35 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _adapt_chat_handler(handler: Any, model_id: str, system: str | None, batcher: Any = None) -> None:
-    """Wrap the chat handler: pinned model name, hidden system prompt, OpenAI sampling semantics, no ``n > 1``;
-    with ``batcher`` (a :class:`gad.serve.batching.BatchedGenerateManager`), hand it each request's seed."""
-    from fastapi import HTTPException
+    """Wrap the chat handler: requests checked (:func:`request_error`), pinned model name, hidden system prompt,
+    OpenAI sampling semantics, no ``n > 1``; with ``batcher`` (a :class:`gad.serve.batching.BatchedGenerateManager`),
+    hand it each request's seed."""
+    from jinja2 import TemplateError
+
+    from gad.serve.batching import Refused
 
     handle_request = handler.handle_request
     build_generation_config = handler._build_generation_config
 
+    async def checked(body: dict, request_id: str) -> Any:
+        try:
+            return await handle_request(body, request_id)
+        except TemplateError as error:  # e.g. "roles must alternate": the conversation's fault, not the server's
+            raise Refused(400, f"the model's chat template refused the conversation: {error}", "bad_messages") from None
+
     async def handle(body: dict, request_id: str) -> Any:
-        if not isinstance(body.get("messages"), list) or not body["messages"]:
-            raise HTTPException(status_code=400, detail="'messages' must be a non-empty list")
-        if body.get("n") not in (None, 1):
-            raise HTTPException(status_code=400, detail="n > 1 is not supported; send n requests")
+        problem = request_error(body)
+        if problem:
+            raise Refused(400, problem, "invalid_request")
         body = {key: value for key, value in body.items() if key != "n"}
         body["model"] = model_id
         if system:
             body["messages"] = merge_system(body["messages"], system)
         if batcher is None:
-            return await handle_request(body, request_id)
+            return await checked(body, request_id)
         batcher.seeds[request_id] = body.get("seed")
         try:
-            return await handle_request(body, request_id)
+            return await checked(body, request_id)
         finally:
             batcher.seeds.pop(request_id, None)
 
@@ -298,23 +441,122 @@ def _adapt_chat_handler(handler: Any, model_id: str, system: str | None, batcher
     handler._build_generation_config = generation_config
 
 
-def _guard(app: Any, api_key: str | None) -> None:
-    """Expose only the teacher's routes, and check the bearer key when one is set."""
+def _rename_model(handler: Any, model_manager: Any, name: str) -> None:
+    """Name the model ``name`` in answers (streamed or not) and in ``/v1/models``, where ``transformers serve`` gives
+    the path it loaded the model from."""
+    build_completion, build_chunk = handler._build_completion, handler._build_chunk_sse
+    list_models = model_manager.list_models
+
+    def completion(request_id: str, content: str, _model_id: str, *args: Any, **kwargs: Any) -> dict:
+        return build_completion(request_id, content, name, *args, **kwargs)
+
+    def chunk(*args: Any, **kwargs: Any) -> str:
+        return build_chunk(*args, **{**kwargs, "model": name})  # every caller passes the model by keyword
+
+    def models(*args: Any, **kwargs: Any) -> list[dict]:
+        return [{**model, "id": name} for model in list_models(*args, **kwargs)]  # a pinned server lists one
+
+    handler._build_completion, handler._build_chunk_sse = completion, chunk
+    model_manager.list_models = models
+
+
+def error_response(status: int, message: str, code: str | None) -> Any:
+    """An error the way OpenAI writes one; OpenAI clients (and ``gad collect``) show its message."""
     from fastapi.responses import JSONResponse
 
+    error = {"message": message, "type": "invalid_request_error" if status < 500 else "server_error"}
+    if code:
+        error["code"] = code
+    return JSONResponse({"error": error}, status_code=status)
+
+
+def _errors_as_openai(app: Any) -> None:
+    """Write the handlers' HTTP errors (``transformers serve``'s own and ours) as :func:`error_response` does."""
+    from starlette.exceptions import HTTPException
+
+    async def http_error(request: Any, error: HTTPException) -> Any:
+        response = error_response(error.status_code, str(error.detail), getattr(error, "code", None))
+        response.headers.update(error.headers or {})
+        return response
+
+    app.add_exception_handler(HTTPException, http_error)
+
+
+class _WatchClient:
+    """ASGI middleware: refuse a body over ``max_bytes`` (413), and tell the request's generation when its client
+    disconnects (the event in ``client_gone``).
+
+    The body is refused before it is read when its Content-Length is over the limit, else as soon as the bytes read
+    pass it. Once read, the body is handed on as one message and the connection is watched: without this, a request
+    only learns that its client is gone by reading from it, which nothing does while a non-streaming answer is made.
+    """
+
+    def __init__(self, app: Any, *, max_body_bytes: int, client_gone: Any):
+        self.app, self.max_bytes, self.client_gone = app, max_body_bytes, client_gone
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await self._too_large(f"{int(length)} bytes, ", scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # gone before it finished sending: nobody to answer
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                await self._too_large("", scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        gone = threading.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.ensure_future(watch())
+        body: list[bytes] = [b"".join(chunks)]
+
+        async def replay() -> dict:
+            if body:
+                return {"type": "http.request", "body": body.pop(), "more_body": False}
+            await asyncio.shield(watcher)  # a streaming response listens for the disconnect: it waits here
+            return {"type": "http.disconnect"}
+
+        token = self.client_gone.set(gone)  # inherited by the tasks that run the request
+        try:
+            await self.app(scope, replay, send)
+        finally:
+            self.client_gone.reset(token)
+            watcher.cancel()
+
+    async def _too_large(self, size: str, scope: dict, receive: Any, send: Any) -> None:
+        message = (
+            f"the request body is {size}over this server's limit of {self.max_bytes} bytes (--max-body-bytes): send "
+            "a shorter conversation, or restart gad serve-teacher with a larger --max-body-bytes"
+        )
+        await error_response(413, message, "request_too_large")(scope, receive, send)
+
+
+def _guard(app: Any, api_key: str | None) -> None:
+    """Expose only the teacher's routes, and check the bearer key when one is set."""
     expected = f"Bearer {api_key}".encode() if api_key else None
 
     @app.middleware("http")
     async def guard(request: Any, call_next: Any) -> Any:
         path = request.url.path.rstrip("/") or "/"
         if path not in EXPOSED_PATHS:
-            return JSONResponse({"error": {"message": f"no route {path}", "code": "not_found"}}, status_code=404)
+            return error_response(404, f"no route {path}", "not_found")
         if expected is not None and path != "/health":
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                return JSONResponse(
-                    {"error": {"message": "missing or invalid API key", "code": "invalid_api_key"}}, status_code=401
-                )
+                return error_response(401, "missing or invalid API key", "invalid_api_key")
         return await call_next(request)
 
 

@@ -28,6 +28,7 @@ from gad.layout import RunLayout
 from gad.training.config import STAGES
 
 RECIPE_ONLY_KEYS = {"run_dir"}
+NONE_IS_A_VALUE = {"report_to"}
 PATH_KEYS = ("student", "train_file", "discriminator", "init_from", "run_dir", "output_dir")
 RECIPE_FOLDER, WORKING_DIRECTORY = "recipe folder", "working directory"
 
@@ -167,9 +168,10 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
+        # `report_to: none` is TrainingArguments' own word for "no integrations", not a missing value.
+        spelled_none = isinstance(value, str) and value.lower() in ("none", "null") and key not in NONE_IS_A_VALUE
+        if (value is None or spelled_none) and type(None) in args:
+            return None
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
