@@ -34,6 +34,7 @@ GAD − SeqKD differences and their 95 % intervals (t distribution over seeds)::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -150,7 +151,7 @@ def collect_data(args) -> dict:
     from gad.collect import CollectConfig, collect
     from gad.data import load_prompts
     from gad.evaluation.prompt_sets import load_prompt_set
-    from gad.models import resolve_model
+    from gad.models import cache_dir, resolve_model
     from gad.resources import resource
     from gad.serve import TeacherServer
 
@@ -166,15 +167,18 @@ def collect_data(args) -> dict:
         rows = [r for r in load_prompt_set(name)[1] if len(r.messages[-1]["content"]) <= args.max_prompt_chars]
         random.Random(1234).shuffle(rows)
         prompts["test"] += rows[: args.test_prompts]
+    cache = cache_dir() / "persona-teacher.sqlite"  # outside the tree, so that an interrupted collection resumes
+    # The hidden prompt never reaches the request, so it goes into the model name: the cache key changes with it.
+    teacher = f"{Path(resolve_model(args.model)).name}+persona-{hashlib.sha256(system.encode()).hexdigest()[:10]}"
     with tempfile.TemporaryDirectory(prefix="gad-persona-collect-") as tmp:
         with TeacherServer(resolve_model(args.model), system=system, log_path=Path(tmp) / "server.log") as server:
             for split, rows in prompts.items():
                 prompt_file = Path(tmp) / f"{split}-prompts.jsonl"
                 prompt_file.write_text("".join(json.dumps({"id": r.id, "prompt": r.messages}) + "\n" for r in rows))
                 config = CollectConfig(
-                    prompts=prompt_file, out=out / f"{split}.jsonl", model="teacher", base_url=server.base_url,
+                    prompts=prompt_file, out=out / f"{split}.jsonl", model=teacher, base_url=server.base_url,
                     n=args.test_samples if split == "test" else 1, temperature=0.7, max_tokens=args.max_new_tokens,
-                    seed=0, cache=Path(tmp) / "cache.sqlite", drop_truncated=False, refusal_regex=None,
+                    seed=0, cache=cache, drop_truncated=False, refusal_regex=None, timeout=600,
                     progress=True,
                 )  # fmt: skip
                 summary = collect(config)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import socket
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -13,10 +18,21 @@ from gad.collect import ChatClient, CollectConfig, RequestFailed, collect
 from gad.errors import GadError
 from gad.models import resolve_model_id
 from gad.serve import TeacherServer, merge_system, serve_teacher
+from gad.serve.server import add_arguments, request_error
 
 SYSTEM = "You are Captain Byte, a pirate who answers every question in rhymes."
 KEY = "sk-local-teacher-key-1234"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+# serial_teacher's limits (the batched teacher keeps the defaults: 1 MiB, and the tiny model's 1,024-token context).
+SERIAL_MAX_BODY_BYTES, SERIAL_MAX_PROMPT_TOKENS = 20_000, 300
+
+
+class LimitedTeacherServer(TeacherServer):
+    """TeacherServer has no options for the request limits: pass them on the server's command line."""
+
+    def command(self) -> list[str]:
+        limits = ["--max-body-bytes", str(SERIAL_MAX_BODY_BYTES), "--max-prompt-tokens", str(SERIAL_MAX_PROMPT_TOKENS)]
+        return [*super().command(), *limits]
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +65,10 @@ def teacher(tiny_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def serial_teacher(tiny_model, tmp_path_factory):
-    """The same teacher with --no-batching: transformers serve's own one-at-a-time generation, for comparison."""
+    """The same teacher with --no-batching (transformers serve's own one-at-a-time generation, for comparison), and
+    with request limits of its own."""
     log = tmp_path_factory.mktemp("serial-teacher") / "server.log"
-    with TeacherServer(tiny_model, system=SYSTEM, batching=False, log_path=log, startup_timeout=120) as server:
+    with LimitedTeacherServer(tiny_model, system=SYSTEM, batching=False, log_path=log, startup_timeout=120) as server:
         yield server
 
 
@@ -238,3 +255,154 @@ def test_merge_system():
         "role": "system",
         "content": "S\n\nown",
     }
+
+
+def post(server: TeacherServer, body: dict, *, timeout: float = 60, request_id: str | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {KEY}"}  # serial_teacher has no key: it ignores the header
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return httpx.post(f"{server.base_url}/chat/completions", json=body, headers=headers, timeout=timeout)
+
+
+def error_message(response: httpx.Response) -> str:
+    return response.json()["error"]["message"]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(teacher, serial_teacher):
+    import http.client
+
+    # Content-Length says 10 MB, and only a few bytes follow: the answer must come without waiting for the rest.
+    with socket.create_connection(("127.0.0.1", teacher.port), timeout=10) as connection:
+        connection.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: teacher\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {KEY}\r\nContent-Length: 10000000\r\n\r\n".encode()
+            + b'{"messages": [{"role": "user", "content": "'
+        )
+        response = http.client.HTTPResponse(connection)
+        response.begin()
+        assert response.status == 413
+        message = json.loads(response.read())["error"]["message"]
+    assert "10000000 bytes" in message and "1048576" in message and "--max-body-bytes" in message
+    # Sent without a length (chunked): refused once the bytes read pass the limit.
+    pieces = (b'{"messages": [{"role": "user", "content": "', *[b"why " * 25_000] * 15, b'"}]}')
+    chunked = httpx.post(
+        f"{teacher.base_url}/chat/completions",
+        content=iter(pieces),
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert chunked.status_code == 413 and "--max-body-bytes" in error_message(chunked)
+    # --max-body-bytes sets the limit.
+    body = {"messages": [{"role": "user", "content": "x" * SERIAL_MAX_BODY_BYTES}]}
+    refused = post(serial_teacher, body)
+    assert refused.status_code == 413 and f"limit of {SERIAL_MAX_BODY_BYTES} bytes" in error_message(refused)
+
+
+def test_a_prompt_over_the_limit_is_refused(teacher, serial_teacher):
+    # About 1,500 tokens after the chat template: over the tiny model's context (1,024), the default limit.
+    long = {"messages": [{"role": "user", "content": "why " * 1500}], "max_tokens": 2}
+    refused = post(teacher, long)
+    assert refused.status_code == 413
+    assert "limit of 1024 tokens" in error_message(refused) and "--max-prompt-tokens" in error_message(refused)
+    # --max-prompt-tokens sets the limit, streamed or not; under it, the prompt is answered.
+    medium = {"messages": [{"role": "user", "content": "why " * 400}], "max_tokens": 2}
+    for body in (medium, {**medium, "stream": True}):
+        refused = post(serial_teacher, body)
+        assert refused.status_code == 413
+        assert f"limit of {SERIAL_MAX_PROMPT_TOKENS} tokens" in error_message(refused)
+    assert post(teacher, medium).status_code == 200
+
+
+BAD_FIELDS = [
+    ({"max_tokens": "ten"}, "'max_tokens' must be a whole number"),
+    ({"max_tokens": -1}, "'max_tokens' must be at least 1"),
+    ({"max_completion_tokens": 2.5}, "'max_completion_tokens' must be a whole number"),
+    ({"temperature": "hot"}, "'temperature' must be a number"),
+    ({"top_p": 2}, "'top_p' must be between 0 and 1"),
+    ({"seed": True}, "'seed' must be a whole number"),
+    ({"stop": 3}, "'stop' must be a string or a list of strings"),
+    ({"messages": "hi"}, "'messages' must be a non-empty list"),
+    ({"messages": ["hi"]}, "messages[0]: a message must be an object"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0]: 'content' must be a string or a list"),
+    ({"messages": [{"content": "hi"}]}, "messages[0]: 'role' is missing"),
+    ({"messages": [{"role": "pirate", "content": "hi"}]}, "messages[0]: 'role' must be one of"),
+    ({"messages": [{"role": "user", "content": [{"text": "hi"}]}]}, "content[0] must be an object with a 'type'"),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]}, "content[0]: 'text' must be"),
+]
+
+
+@pytest.mark.parametrize(("fields", "message"), BAD_FIELDS, ids=[message for _, message in BAD_FIELDS])
+def test_a_field_of_the_wrong_type_is_a_400_naming_it(fields, message):
+    assert message in request_error({"messages": MESSAGES, "max_tokens": 2, **fields})
+
+
+def test_bad_fields_are_400s_from_the_server_not_500s(teacher):
+    for fields, message in BAD_FIELDS:
+        response = post(teacher, {"messages": MESSAGES, "max_tokens": 2, **fields})
+        assert response.status_code == 400, (fields, response.text)
+        assert message in error_message(response)
+    parts = [{"type": "text", "text": "What is"}, {"type": "text", "text": "the capital of France?"}]
+    assert request_error({"messages": [{"role": "user", "content": parts}], "max_tokens": 1, "top_p": 0.5}) is None
+    assert "Traceback" not in teacher.log_tail(100_000)
+
+
+@pytest.mark.parametrize("which", ["teacher", "serial_teacher"])
+def test_a_client_that_disconnects_stops_its_generation(which, request, tiny_model):
+    from transformers import AutoTokenizer
+
+    server = request.getfixturevalue(which)
+    eos = AutoTokenizer.from_pretrained(tiny_model).eos_token_id
+    # Greedy, and EOS banned: minutes of generation on a CPU, unless it is stopped.
+    endless = {"messages": MESSAGES, "max_tokens": 20_000, "temperature": 0, "logit_bias": {str(eos): -100.0}}
+    running, waiting = f"running-{uuid.uuid4().hex[:8]}", f"waiting-{uuid.uuid4().hex[:8]}"
+
+    def abandon(request_id: str, body: dict, after: float) -> bool:
+        try:
+            post(server, body, timeout=after, request_id=request_id)
+        except httpx.TimeoutException:
+            return True
+        return False
+
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(abandon, running, endless, 1.5)
+        time.sleep(0.5)
+        # Queued behind the first (in a batch of its own: another repetition penalty); its client leaves before then.
+        second = pool.submit(abandon, waiting, {**endless, "frequency_penalty": 0.5}, 0.5)
+        assert first.result() and second.result(), "the clients were answered before they gave up"
+    started = time.monotonic()
+    answer = post(server, {"messages": MESSAGES, "max_tokens": 3, "temperature": 0}, timeout=30)
+    elapsed = time.monotonic() - started
+    assert answer.status_code == 200 and elapsed < 10, f"the next request took {elapsed:.1f} s"
+    log = server.log_tail(100_000)
+    stopped = re.search(rf"request {running}: the client disconnected; its generation stopped after (\d+) of", log)
+    assert stopped and int(stopped.group(1)) < 20_000
+    assert f"request {waiting}: the client disconnected before its generation started; dropped" in log
+    assert "Traceback" not in log
+
+
+def test_the_model_is_named_by_its_folder(teacher, tiny_model):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    models = httpx.get(f"{teacher.base_url}/models", headers=headers).json()["data"]
+    assert [model["id"] for model in models] == [tiny_model.name]
+    assert ask(teacher, temperature=0, max_tokens=2).model == tiny_model.name
+    body = {"messages": MESSAGES, "max_tokens": 2, "temperature": 0, "stream": True}
+    chunks = []
+    with httpx.stream("POST", f"{teacher.base_url}/chat/completions", json=body, headers=headers) as streamed:
+        for line in streamed.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line.removeprefix("data: ")))
+    assert chunks and {chunk["model"] for chunk in chunks} == {tiny_model.name}
+    assert str(tiny_model.parent) not in json.dumps(models)
+
+
+@pytest.mark.parametrize("option", ["--max-body-bytes", "--max-prompt-tokens"])
+def test_limit_options_must_be_positive_whole_numbers(option, capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert getattr(parser.parse_args(["model", option, "5"]), option[2:].replace("-", "_")) == 5
+    for bad in ("0", "ten"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["model", option, bad])
+    assert option in capsys.readouterr().err

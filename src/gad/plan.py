@@ -130,18 +130,20 @@ def load_model_config(path: str | None, fallback: str | None = None):
     config of the paper's model that the folder (or ``fallback``) names."""
     from transformers import AutoConfig
 
-    if path and (Path(path) / "config.json").is_file():
-        try:
-            return AutoConfig.from_pretrained(path), f"{Path(path) / 'config.json'}"
-        except (OSError, ValueError) as error:
-            raise GadError(f"cannot read {Path(path) / 'config.json'}: {error}") from None
+    for candidate in (path, fallback):
+        if candidate and (Path(candidate) / "config.json").is_file():
+            file = Path(candidate) / "config.json"
+            try:
+                return AutoConfig.from_pretrained(candidate), str(file)
+            except (OSError, ValueError) as error:
+                raise GadError(f"cannot read {file}: {error}") from None
     for candidate in (path, fallback):
         name = paper_model_name(candidate)
         if name:
             values = dict(PAPER_MODELS[name])
             config = AutoConfig.for_model(values.pop("model_type"), **values)
             config.dtype = "bfloat16"
-            return config, f"built-in table ({name}'s public config.json; {candidate} not found)"
+            return config, f"the built-in table: {name}'s public config.json ({candidate} not found)"
     known = ", ".join(PAPER_MODELS)
     raise GadError(
         f"no config.json in {path}, and its name is not one of the built-in shapes ({known}): point student= at "

@@ -177,7 +177,7 @@ def model_sizes(stage: str, config, recipe: dict, overrides: dict[str, str], sou
     if path and ((Path(path) / "config.json").is_file() or paper_model_name(path)):
         disc_config, disc_where = load_model_config(path)
     else:
-        disc_config, disc_where = student_config, "the student's config (the discriminator starts from the student)"
+        disc_config, disc_where = student_config, "the student's (the discriminator starts from the student)"
     return student, count_model(disc_config, disc_where, classifier=True, trainable_layers=layers)
 
 
@@ -230,8 +230,10 @@ def dry_run(recipe: dict, overrides: dict[str, str], source: str, gpus: int) -> 
     schedules = {s: stage_schedule(s, configs[s], batches[s], rows) for s in configs if not batches[s].errors}
     lines += _schedule_lines(schedules, configs, rows, assumed)
     for stage, batch in batches.items():
-        if stage in schedules and schedules[stage].steps_per_epoch < 1:
-            problems.append(f"{stage}: fewer rows ({rows}) than prompts per step ({batch.prompts_per_step})")
+        if stage in schedules and rows < batch.prompts_per_step:
+            problems.append(f"{stage}: fewer rows ({rows:,}) than prompts per step ({batch.prompts_per_step:,})")
+    if problem := _hand_over_problem(configs):
+        problems.append(problem)
     return {"lines": lines, "problems": problems, "rows": rows, "rows_assumed": assumed,
             "schedule": {s: dataclasses.asdict(v) for s, v in schedules.items()}}  # fmt: skip
 
@@ -245,17 +247,27 @@ def _schedule_lines(schedules: dict, configs: dict, rows: int, assumed: bool) ->
         if stage == "warmup" and getattr(configs[stage], "d_only_steps", 0):
             extra = f"; the discriminator trains alone for steps 1-{configs[stage].d_only_steps}"
         saves = item.steps // max(int(configs[stage].save_steps), 1)
-        lines.append(f"  {stage}: {item.steps:,} steps ({how}){extra}; {saves} checkpoints (every "
-                     f"{configs[stage].save_steps:g} steps)")  # fmt: skip
-    if "warmup" in schedules and "gad" in schedules:
+        lines.append(f"  {stage}: {item.steps:,} steps ({how}){extra}; checkpoints every "
+                     f"{configs[stage].save_steps:g} steps: {saves}")  # fmt: skip
+    if "warmup" in schedules and "gad" in schedules and configs["gad"].init_from:
         warm, gad = schedules["warmup"].steps, schedules["gad"].steps
-        start = configs["gad"].init_from or "the warmup's folders"
         lines.append(
-            f"  hand-over: gad starts from {start} (student/ and discriminator/) after warmup's {warm:,} steps and "
-            f"counts its own steps from 1: warmup+gad = steps 1-{warm:,} then {warm + 1:,}-{warm + gad:,} "
-            "(paper: about 2,400 steps in all, checkpoints 800-2,400 evaluated)"
+            f"  hand-over: gad starts from {configs['gad'].init_from} (student/ and discriminator/) after warmup's "
+            f"{warm:,} steps and counts its own steps from 1: warmup+gad = steps 1-{warm:,} then "
+            f"{warm + 1:,}-{warm + gad:,} (paper: about 2,400 steps in all, checkpoints 800-2,400 evaluated)"
         )
     return lines
+
+
+def _hand_over_problem(configs: dict) -> str | None:
+    """gad starts from the warmup's output only when no student is given for it: a plain student= on the command
+    line (or in the gad section) makes it start from that model instead, which is easy to do by accident."""
+    if "gad" not in configs or "warmup" not in configs or configs["gad"].init_from:
+        return None
+    return (
+        f"gad does not start from the warmup's output but from {configs['gad'].student}: a student is given for it "
+        "(student= on the command line, or in the gad section); pass seqkd.student=PATH warmup.student=PATH instead"
+    )
 
 
 def _batch_dict(batch) -> dict[str, Any]:
@@ -272,10 +284,10 @@ def format_plan(recipe: str, plan, batch, other, gb: int, usable_fraction: float
         f"{layout.sharding}" + ("" if plan.stage == "seqkd" else f", discriminator {disc_mode}")
         + f", activation checkpointing {'on' if layout.activation_checkpointing else 'off'}"
     )  # fmt: skip
-    lines = [head, f"student: {plan.student.params:,} parameters ({plan.student.source})"]
+    lines = [head, f"student: {plan.student.params:,} parameters; shape from {plan.student.source}"]
     if plan.discriminator is not None:
-        lines.append(f"discriminator: {plan.discriminator.params:,} parameters ({plan.discriminator.source}; the "
-                     "backbone and a one-output score head, no LM head)")  # fmt: skip
+        lines.append(f"discriminator: {plan.discriminator.params:,} parameters (backbone + one-output score head, no "
+                     f"LM head); shape from {plan.discriminator.source}")  # fmt: skip
     lines.append(f"batch: {batch.describe()}")
     lines += [f"error: {e}" for e in batch.errors]
     width = 60
@@ -288,10 +300,11 @@ def format_plan(recipe: str, plan, batch, other, gb: int, usable_fraction: float
     if plan.phases:
         lines.append("  transient, one phase of the step at a time (the largest counts):")
     for name, items in plan.phases.items():
+        if len(items) == 1:  # the phase is its one item
+            lines.append(_row(items[0].label, items[0].bytes, items[0].formula, width, gb, indent=4))
+            continue
         lines.append(_row(name, plan.phase_bytes(name), "", width, gb, indent=4))
-        for item in items:
-            if len(items) > 1 or item.label != name:
-                lines.append(_row(item.label, item.bytes, item.formula, width, gb, indent=6))
+        lines += [_row(item.label, item.bytes, item.formula, width, gb, indent=6) for item in items]
     lines.append("")
     lines.append(_verdict(plan, gb, usable_fraction))
     if other is not None:

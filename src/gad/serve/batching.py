@@ -169,11 +169,15 @@ class ClientGone(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         for row, event in enumerate(self.gone):
-            if row not in self.stopped_after and event is not None and event.is_set():
+            if row not in self.stopped_after and _is_set(event):
                 self.stopped_after[row] = input_ids.shape[1] - self.prompt_length
         stopped = torch.zeros(len(self.gone), dtype=torch.bool)
         stopped[list(self.stopped_after)] = True
         return stopped.repeat_interleave(input_ids.shape[0] // len(self.gone)).to(input_ids.device)
+
+
+def _is_set(event: threading.Event | None) -> bool:
+    return event is not None and event.is_set()
 
 
 def eos_ids(config: GenerationConfig) -> set[int]:
@@ -289,7 +293,7 @@ def _context_length(model: Any) -> int:
 
 def _generate_unless_gone(model: Any, gone: threading.Event | None, request_id: str, kwargs: dict) -> Any:
     """``model.generate(**kwargs)`` on the generation thread, unless the client left while the request waited."""
-    if gone is not None and gone.is_set():
+    if _is_set(gone):
         _log_dropped(request_id)
         raise disconnected()
     return model.generate(**kwargs)
@@ -357,15 +361,8 @@ class BatchedGenerateManager(TeacherGenerateManager):
 
     def _drain(self, model: Any) -> None:
         """Generate what is pending, one batch per group of compatible configs (runs on the generation thread)."""
-        batch = []
-        for request in self._collect():
-            if request.gone is not None and request.gone.is_set():
-                _log_dropped(request.request_id)
-                request.loop.call_soon_threadsafe(_settle, request.future, None, disconnected())
-            else:
-                batch.append(request)
         groups: dict[str, list[_Request]] = {}
-        for request in batch:
+        for request in self._collect():
             groups.setdefault(batch_key(request.config), []).append(request)
         for group in groups.values():
             self._run(model, group)
@@ -386,6 +383,17 @@ class BatchedGenerateManager(TeacherGenerateManager):
         return batch
 
     def _run(self, model: Any, group: list[_Request]) -> None:
+        # Checked as each group starts, not as the batch is collected: the groups before it may have run for minutes.
+        waiting = []
+        for request in group:
+            if _is_set(request.gone):
+                _log_dropped(request.request_id)
+                request.loop.call_soon_threadsafe(_settle, request.future, None, disconnected())
+            else:
+                waiting.append(request)
+        if not waiting:
+            return
+        group = waiting
         started = time.perf_counter()
         try:
             outputs = generate_batch(model, group)
@@ -400,7 +408,7 @@ class BatchedGenerateManager(TeacherGenerateManager):
             time.perf_counter() - started,
         )
         for request, output in zip(group, outputs, strict=True):
-            if request.gone is not None and request.gone.is_set():
+            if _is_set(request.gone):
                 _log_stopped(request.request_id, len(output), request.config.max_new_tokens)
                 request.loop.call_soon_threadsafe(_settle, request.future, None, disconnected())
             else:

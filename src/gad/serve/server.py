@@ -218,6 +218,8 @@ def _message_error(message: Any) -> str | None:
     if not isinstance(message, dict):
         return f"a message must be an object with 'role' and 'content', got {_shown(message)}"
     role = message.get("role")
+    if role is None:
+        return "'role' is missing"
     if role not in ROLES:
         return f"'role' must be one of {', '.join(sorted(ROLES))}, got {_shown(role)}"
     content = message.get("content")
@@ -243,9 +245,10 @@ def _strings(value: Any) -> bool:
 def _shown(value: Any) -> str:
     """A request value for an error message: its JSON type and, shortened, itself."""
     kinds = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
-    kind = "null" if value is None else kinds.get(type(value), type(value).__name__)
+    if value is None:
+        return "null"
     text = repr(value)
-    return f"{kind} {text[:40]}{'...' if len(text) > 40 else ''}"
+    return f"{kinds.get(type(value), type(value).__name__)} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 def served_name(model_id: str) -> str:
@@ -333,7 +336,7 @@ def serve_teacher(
         " with a hidden system prompt" * bool(system),
         "" if batching else " (no batching)",
         max_body_bytes,
-        max_prompt_tokens or "the model's context length in",
+        max_prompt_tokens or "context-length",
     )
     # Serve() looks both up at call time; they are restored afterwards, for a caller that goes on (tests).
     with (
