@@ -2,7 +2,8 @@
 
 After each warmup or gad stage has trained, every process writes a hash of each tensor of its own discriminator to
 ``$GAD_TEST_HASHES/STAGE-rankN.json``, so that the test can check that the processes' copies stayed equal, and equal
-to the saved one.
+to the saved one. The process group is set up here with a short timeout (accelerate then uses it as it is): on the
+CPU transformers does not pass ``ddp_timeout`` on, and gloo's default is 30 minutes.
 
     ACCELERATE_USE_CPU=1 python -m torch.distributed.run --standalone --nproc_per_node 2 \\
         tests/_distributed_train.py train --stage warmup,gad --config recipes/tiny-cpu.yaml ...
@@ -14,9 +15,12 @@ import hashlib
 import json
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+
+TIMEOUT_S = 45  # a collective that one process never joins fails after this
 
 
 def tensor_hashes(state: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -24,6 +28,8 @@ def tensor_hashes(state: dict[str, torch.Tensor]) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
+    import torch.distributed as dist
+
     from gad.cli import main as gad_main
     from gad.training.gad_trainer import GADTrainer
 
@@ -37,7 +43,11 @@ def main(argv: list[str]) -> int:
         return result
 
     GADTrainer.train = train_and_hash
-    return gad_main(argv)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=TIMEOUT_S))
+    try:
+        return gad_main(argv)
+    finally:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Several processes on the CPU (gloo, 2 processes): data-parallel training through the real `gad train`, resume,
 the discriminator's update with uneven per-process samples, and the launch that silently runs one process.
 
-Every launch has a short process-group timeout (``ddp_timeout``, or the helper's own) and a subprocess timeout, so a
+Every launch has a short process-group timeout (45 s, set by the helper scripts) and a subprocess timeout, so a
 collective that some process never joins fails the test instead of hanging it.
 """
 
@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 RECIPE = REPO / "recipes" / "tiny-cpu.yaml"
 LAUNCH_TIMEOUT_S = 240
-# 2 processes x (8 samples = 2 prompts x 4) per step; ddp_timeout: a hung collective fails after 45 s.
+# 2 processes x (8 samples = 2 prompts x 4) per step
 SHORT = ["warmup.max_steps=2", "warmup.d_only_steps=1", "gad.max_steps=4", "per_device_train_batch_size=8",
-         "logging_steps=1", "save_steps=2", "ddp_timeout=45"]  # fmt: skip
+         "logging_steps=1", "save_steps=2"]  # fmt: skip
 
 
 def _launch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

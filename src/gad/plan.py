@@ -87,7 +87,7 @@ PAPER_MODELS: dict[str, dict[str, Any]] = {
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 
 
-# -- model sizes --------------------------------------------------------------------------------------------------------
+# -- model sizes -------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSize:
     """One model as memory sees it: exact parameter counts (built on the meta device) and its shape."""
@@ -177,6 +177,8 @@ def count_model(config, source: str, *, classifier: bool = False, trainable_laye
     params = _numel(model)
     trainable = params
     if trainable_layers is not None:
+        if not 1 <= trainable_layers <= len(layer_sizes):
+            raise GadError(f"discriminator_trainable_layers must be in 1..{len(layer_sizes)}, got {trainable_layers}")
         frozen = _numel(model.get_input_embeddings()) + sum(layer_sizes[: len(layer_sizes) - trainable_layers])
         trainable = params - frozen
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -218,7 +220,7 @@ def _dtype_bytes(config) -> int:
     return DTYPE_BYTES.get(name, 4)
 
 
-# -- the run's layout -----------------------------------------------------------------------------------------------------
+# -- the run's layout --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Layout:
     """How a stage is spread over GPUs."""
@@ -279,7 +281,7 @@ def layout_from_accelerate(path: str | Path) -> dict[str, Any]:
     return found
 
 
-# -- batch arithmetic -----------------------------------------------------------------------------------------------------
+# -- batch arithmetic --------------------------------------------------------------------------------------------------
 @dataclass
 class BatchPlan:
     """A stage's batch on ``gpus`` processes, following TRL's rules (GRPOConfig.__post_init__ with that world size)."""
@@ -319,7 +321,9 @@ class BatchPlan:
             "samples per step"
         )
         if self.steps_per_generation != self.accumulation:
-            text += f"; a generation batch of {self.generation_batch_size:,} every {self.steps_per_generation} micro-steps"
+            text += (
+                f"; a generation batch of {self.generation_batch_size:,} every {self.steps_per_generation} micro-steps"
+            )
         return text
 
 
@@ -368,7 +372,7 @@ def batch_plan(stage: str, config, gpus: int, requested: dict[str, Any] | None =
     return plan
 
 
-# -- memory -------------------------------------------------------------------------------------------------------------
+# -- memory ------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Item:
     """One line of a plan: what, how many bytes per GPU, and how it was computed."""
@@ -480,8 +484,9 @@ def _student_states(student: ModelSize, layout: Layout, config) -> list[Item]:
 
 def _reference_state(student: ModelSize, layout: Layout, beta: float) -> Item:
     dtype = "bf16" if student.dtype_bytes == 2 else "fp32"
-    return _per_param(f"reference model ({dtype}, frozen; beta={beta:g})", student.params, student.dtype_bytes,
-                      layout.shards)  # fmt: skip
+    return _per_param(
+        f"reference model ({dtype}, frozen; beta={beta:g})", student.params, student.dtype_bytes, layout.shards
+    )
 
 
 def _discriminator_states(disc: ModelSize, layout: Layout) -> list[Item]:
@@ -516,7 +521,9 @@ def _rollout_phase(config, student: ModelSize, layout: Layout, batch: BatchPlan,
                 "raise vllm_gpu_memory_utilization or vllm_tensor_parallel_size, or set vllm_max_model_length"
             )
         sleeps = bool(config.vllm_enable_sleep_mode)
-        formula = f"vllm_gpu_memory_utilization {config.vllm_gpu_memory_utilization:g} x {layout.gpu_memory / GB:.1f} GB"
+        formula = (
+            f"vllm_gpu_memory_utilization {config.vllm_gpu_memory_utilization:g} x {layout.gpu_memory / GB:.1f} GB"
+        )
         label = "rollouts: vLLM colocate " + ("(sleeps between rollouts)" if sleeps else "(held all step)")
         return [Item(label, budget, formula)], not sleeps
     items = []
@@ -525,8 +532,11 @@ def _rollout_phase(config, student: ModelSize, layout: Layout, batch: BatchPlan,
         items.append(Item("rollouts: generate() on the gathered student (fp32)", full, f"{student.params:,} x 4 B"))
     sequences = batch.samples_per_generation_per_gpu
     cache = sequences * tokens * student.kv_cache_bytes_per_token
-    items.append(Item("rollouts: KV cache", cache,
-                      f"{sequences} seqs x {tokens} tokens x {student.kv_cache_bytes_per_token:,} B"))  # fmt: skip
+    items.append(
+        Item(
+            "rollouts: KV cache", cache, f"{sequences} seqs x {tokens} tokens x {student.kv_cache_bytes_per_token:,} B"
+        )
+    )
     logits = sequences * student.vocab_size * 4
     items.append(Item("rollouts: next-token logits (fp32)", logits, f"{sequences} x {student.vocab_size:,} x 4 B"))
     return items, False
@@ -542,8 +552,10 @@ def activation_bytes(model: ModelSize, sequences: int, tokens: int, width: int, 
     h, layers = model.hidden_size, model.num_layers
     if checkpointing:
         value = sequences * tokens * h * layers * width + sequences * tokens * per_layer * width
-        formula = f"B*S*h*L*a + B*S*(8h+4kv+4i)*a = {sequences}*{tokens}*{h}*{layers}*{width} + " \
-                  f"{sequences}*{tokens}*{per_layer:,}*{width}"  # fmt: skip
+        formula = (
+            f"B*S*h*L*a + B*S*(8h+4kv+4i)*a = {sequences}*{tokens}*{h}*{layers}*{width} + "
+            f"{sequences}*{tokens}*{per_layer:,}*{width}"
+        )
         return Item("activations (checkpointed)", value, formula)
     value = sequences * tokens * layers * per_layer * width
     formula = f"B*S*L*(8h+4kv+4i)*a = {sequences}*{tokens}*{layers}*{per_layer:,}*{width}"
@@ -554,8 +566,13 @@ def _gathered(model: ModelSize, layout: Layout, what: str) -> list[Item]:
     if layout.sharding == "ddp":
         return []
     value = 2 * (model.root_params + 2 * model.layer_params)
-    return [Item(f"{what} all-gathered parameters (bf16)", value,
-                 f"2*(root + 2*layer) = 2*({model.root_params:,} + 2*{model.layer_params:,})")]  # fmt: skip
+    return [
+        Item(
+            f"{what} all-gathered parameters (bf16)",
+            value,
+            f"2*(root + 2*layer) = 2*({model.root_params:,} + 2*{model.layer_params:,})",
+        )
+    ]
 
 
 def _student_update(stage: str, config, student: ModelSize, layout: Layout) -> list[Item]:
@@ -580,7 +597,7 @@ def _discriminator_update(config, disc: ModelSize, layout: Layout, batch: BatchP
     return [Item(item.label.replace("(", "(fp32, ", 1), item.bytes, item.formula)]
 
 
-# -- schedule -----------------------------------------------------------------------------------------------------------
+# -- schedule ----------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StageSchedule:
     stage: str
@@ -599,7 +616,7 @@ def stage_schedule(stage: str, config, batch: BatchPlan, rows: int) -> StageSche
     return StageSchedule(stage, steps, per_epoch, config.num_train_epochs, False)
 
 
-# -- data ---------------------------------------------------------------------------------------------------------------
+# -- data --------------------------------------------------------------------------------------------------------------
 @dataclass
 class DataCheck:
     path: str
@@ -630,9 +647,8 @@ def check_data(path: str, prompt_column: str | None = None, response_column: str
     check.prompt_column = prompt_column or next((c for c in PROMPT_COLUMNS if c in check.columns), None)
     check.response_column = response_column or next((c for c in RESPONSE_COLUMNS if c in check.columns), None)
     if check.prompt_column not in check.columns:
-        check.errors.append(
-            f"no prompt column (looked for {prompt_column or ', '.join(PROMPT_COLUMNS)}; found {', '.join(check.columns)})"
-        )
+        looked = prompt_column or ", ".join(PROMPT_COLUMNS)
+        check.errors.append(f"no prompt column (looked for {looked}; found {', '.join(check.columns)})")
     if check.response_column is None and check.prompt_column != "messages":
         check.errors.append(f"no response column (looked for {', '.join(RESPONSE_COLUMNS)})")
     elif check.response_column is not None and check.response_column not in check.columns:

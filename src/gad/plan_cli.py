@@ -36,28 +36,50 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("recipe", metavar="RECIPE.yaml", help="the recipe `gad train --config` would get")
-    parser.add_argument("--gpus", type=int, default=None, help="number of GPUs (processes); default: the accelerate "
-                        "config's num_processes")  # fmt: skip
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="number of GPUs (processes); default: the accelerate config's num_processes",
+    )
     parser.add_argument("--gpu-memory", default="80GB", help="memory of one GPU: 80GB (default), 141GB, 80GiB")
     parser.add_argument("--stage", default="gad", choices=("seqkd", "warmup", "gad"), help="stage to size (gad)")
     parser.add_argument(
-        "--sharding", choices=("fsdp", "zero3", "ddp"), default=None,
+        "--sharding",
+        choices=("fsdp", "zero3", "ddp"),
+        default=None,
         help="how the student is spread: FSDP / ZeRO-3 shard states over the GPUs, DDP replicates them (default: the "
         "accelerate config's, else fsdp)",
-    )  # fmt: skip
+    )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--discriminator-sharded", dest="discriminator", action="store_const", const="sharded",
-                       help="discriminator sharded like the student (default with fsdp/zero3)")  # fmt: skip
-    group.add_argument("--discriminator-replicated", dest="discriminator", action="store_const", const="replicated",
-                       help="a full discriminator per GPU, as GADTrainer holds it today (default with ddp)")  # fmt: skip
+    group.add_argument(
+        "--discriminator-sharded",
+        dest="discriminator",
+        action="store_const",
+        const="sharded",
+        help="discriminator sharded like the student (default with fsdp/zero3)",
+    )
+    group.add_argument(
+        "--discriminator-replicated",
+        dest="discriminator",
+        action="store_const",
+        const="replicated",
+        help="a full discriminator per GPU, as GADTrainer holds it today (default with ddp)",
+    )
     parser.add_argument(
-        "--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+        "--activation-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="default: the accelerate config's fsdp_activation_checkpointing, else the recipe's "
         "activation_checkpointing, else on with fsdp/zero3 (the shipped FSDP2 configs turn it on)",
-    )  # fmt: skip
+    )
     parser.add_argument("--accelerate-config", metavar="FILE", help="read --gpus, --sharding and checkpointing from it")
-    parser.add_argument("--dry-run", action="store_true", help="also check every stage: configs, models, data, "
-                        "batch arithmetic, schedule (reads the data's schema and first rows only)")  # fmt: skip
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="also check every stage: configs, models, data, "
+        "batch arithmetic, schedule (reads the data's schema and first rows only)",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, as for gad train")
     parser.set_defaults(run=run)
@@ -82,7 +104,14 @@ def run(args: argparse.Namespace) -> int:
     if not gpus:
         raise GadError("say how many GPUs: --gpus N (or --accelerate-config FILE)")
     sharding = args.sharding or implied.get("sharding", "fsdp")
-    config = resolve_for_plan(recipe, args.stage, overrides, args.recipe, gpus)
+    try:
+        config = resolve_for_plan(recipe, args.stage, overrides, args.recipe, gpus)
+    except GadError:
+        if not args.dry_run:
+            raise
+        # The stage cannot be sized; the dry run still says what else is wrong, and this among it.
+        print(format_checks(dry_run(recipe, overrides, args.recipe, gpus)).lstrip())
+        return 1
     checkpointing = _checkpointing(args.activation_checkpointing, implied, config, sharding)
     discriminator = args.discriminator or ("replicated" if sharding == "ddp" else "sharded")
     layout = Layout(gpus, parse_memory(args.gpu_memory), sharding, discriminator == "sharded", checkpointing)
@@ -109,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-# -- reading the recipe ---------------------------------------------------------------------------------------------------
+# -- reading the recipe ------------------------------------------------------------------------------------------------
 def recipe_value(recipe: dict, overrides: dict[str, str], stage: str, key: str) -> Any:
     """A key's value for ``stage`` as resolve_stage layers it: top level, then the stage's section, then the command
     line (``key=`` or ``stage.key=``)."""
@@ -142,10 +171,14 @@ def resolve_for_plan(recipe: dict, stage: str, overrides: dict[str, str], source
     requested = requested_generation(recipe, overrides, stage)
     if stage != "seqkd" and all(value is None for value in requested.values()):
         defaults = {f.name: f.default for f in dataclasses.fields(STAGES[stage])}
-        per_device = int(recipe_value(recipe, overrides, stage, "per_device_train_batch_size")
-                         or defaults["per_device_train_batch_size"])  # fmt: skip
-        accumulation = int(recipe_value(recipe, overrides, stage, "gradient_accumulation_steps")
-                           or defaults["gradient_accumulation_steps"])  # fmt: skip
+        per_device = int(
+            recipe_value(recipe, overrides, stage, "per_device_train_batch_size")
+            or defaults["per_device_train_batch_size"]
+        )
+        accumulation = int(
+            recipe_value(recipe, overrides, stage, "gradient_accumulation_steps")
+            or defaults["gradient_accumulation_steps"]
+        )
         extra[f"{stage}.generation_batch_size"] = str(per_device * gpus * accumulation)
     return resolve_stage(recipe, stage, {**overrides, **extra}, source=source, pending={"*"})
 
@@ -164,7 +197,7 @@ def model_sizes(stage: str, config, recipe: dict, overrides: dict[str, str], sou
     """Exact sizes of the stage's student and discriminator (None for seqkd), from their configs."""
     from gad.plan import count_model, load_model_config, paper_model_name
 
-    student_path = config.student
+    student_path = _materialised(config.student)
     seed = None
     if not (student_path and (Path(student_path) / "config.json").is_file()) and not paper_model_name(student_path):
         seed = _seed_student(recipe, overrides, source)  # gad's student is warmup's output: size the recipe's student
@@ -185,12 +218,21 @@ def _seed_student(recipe: dict, overrides: dict[str, str], source: str) -> str |
     from gad.training.recipe import resolve_stage
 
     try:
-        return resolve_stage(recipe, "seqkd", overrides, source=source, pending={"*"}).student
+        return _materialised(resolve_stage(recipe, "seqkd", overrides, source=source, pending={"*"}).student)
     except GadError:
         return None
 
 
-# -- dry run ------------------------------------------------------------------------------------------------------------
+def _materialised(name: str | None) -> str | None:
+    """A built-in model's folder (written once, as `gad train` does; nothing is downloaded), else ``name``."""
+    from gad.models import SMOLLM2_ALIAS, resolve_model
+
+    if name and (name.startswith("builtin:") or name == SMOLLM2_ALIAS or name.endswith(".gguf")):
+        return resolve_model(name)
+    return name
+
+
+# -- dry run -----------------------------------------------------------------------------------------------------------
 def dry_run(recipe: dict, overrides: dict[str, str], source: str, gpus: int) -> dict[str, Any]:
     """Every stage of the recipe: its config, its models on the meta device, its batch on ``gpus`` GPUs; the data's
     columns and rows; the schedule from warmup to gad."""
@@ -222,8 +264,11 @@ def dry_run(recipe: dict, overrides: dict[str, str], source: str, gpus: int) -> 
             problems += [f"data: {error}" for error in data.errors]
         if data.rows is not None and not data.errors:
             rows = data.rows
-            columns = f"prompt column {data.prompt_column}, response column {data.response_column}" if (
-                data.prompt_column) else "read by gad's loader"  # fmt: skip
+            columns = (
+                f"prompt column {data.prompt_column}, response column {data.response_column}"
+                if (data.prompt_column)
+                else "read by gad's loader"
+            )
             lines.append(f"data: {data.path}: {rows:,} rows; {columns}: ok")
     assumed = rows is None
     rows = rows or PAPER_TRAIN_ROWS
@@ -234,27 +279,40 @@ def dry_run(recipe: dict, overrides: dict[str, str], source: str, gpus: int) -> 
             problems.append(f"{stage}: fewer rows ({rows:,}) than prompts per step ({batch.prompts_per_step:,})")
     if problem := _hand_over_problem(configs):
         problems.append(problem)
-    return {"lines": lines, "problems": problems, "rows": rows, "rows_assumed": assumed,
-            "schedule": {s: dataclasses.asdict(v) for s, v in schedules.items()}}  # fmt: skip
+    return {
+        "lines": lines,
+        "problems": problems,
+        "rows": rows,
+        "rows_assumed": assumed,
+        "schedule": {s: dataclasses.asdict(v) for s, v in schedules.items()},
+    }
 
 
 def _schedule_lines(schedules: dict, configs: dict, rows: int, assumed: bool) -> list[str]:
-    where = f"{rows:,} rows" + (" (train_file not read: the released GPT-5-Chat train split's count)" if assumed else "")
+    where = f"{rows:,} rows" + (
+        " (train_file not read: the released GPT-5-Chat train split's count)" if assumed else ""
+    )
     lines = [f"schedule over {where}:"]
     for stage, item in schedules.items():
-        how = f"max_steps {item.steps}" if item.from_max_steps else f"{item.steps_per_epoch:,} steps/epoch x {item.epochs:g}"
+        how = (
+            f"max_steps {item.steps}"
+            if item.from_max_steps
+            else f"{item.steps_per_epoch:,} steps/epoch x {item.epochs:g}"
+        )
         extra = ""
         if stage == "warmup" and getattr(configs[stage], "d_only_steps", 0):
             extra = f"; the discriminator trains alone for steps 1-{configs[stage].d_only_steps}"
         saves = item.steps // max(int(configs[stage].save_steps), 1)
-        lines.append(f"  {stage}: {item.steps:,} steps ({how}){extra}; checkpoints every "
-                     f"{configs[stage].save_steps:g} steps: {saves}")  # fmt: skip
+        lines.append(
+            f"  {stage}: {item.steps:,} steps ({how}){extra}; checkpoints every "
+            f"{configs[stage].save_steps:g} steps: {saves}"
+        )
     if "warmup" in schedules and "gad" in schedules and configs["gad"].init_from:
         warm, gad = schedules["warmup"].steps, schedules["gad"].steps
         lines.append(
             f"  hand-over: gad starts from {configs['gad'].init_from} (student/ and discriminator/) after warmup's "
             f"{warm:,} steps and counts its own steps from 1: warmup+gad = steps 1-{warm:,} then "
-            f"{warm + 1:,}-{warm + gad:,} (paper: about 2,400 steps in all, checkpoints 800-2,400 evaluated)"
+            f"{warm + 1:,}-{warm + gad:,}"
         )
     return lines
 
@@ -271,26 +329,32 @@ def _hand_over_problem(configs: dict) -> str | None:
 
 
 def _batch_dict(batch) -> dict[str, Any]:
-    return {**dataclasses.asdict(batch), "samples_per_step": batch.samples_per_step,
-            "prompts_per_step": batch.prompts_per_step}  # fmt: skip
+    return {
+        **dataclasses.asdict(batch),
+        "samples_per_step": batch.samples_per_step,
+        "prompts_per_step": batch.prompts_per_step,
+    }
 
 
-# -- printing -----------------------------------------------------------------------------------------------------------
+# -- printing ----------------------------------------------------------------------------------------------------------
 def format_plan(recipe: str, plan, batch, other, gb: int, usable_fraction: float) -> str:
     layout = plan.layout
     disc_mode = "sharded" if layout.discriminator_sharded else "replicated"
     head = (
         f"gad plan {recipe}: stage {plan.stage} on {layout.gpus} GPUs x {layout.gpu_memory / gb:.1f} GB, "
-        f"{layout.sharding}" + ("" if plan.stage == "seqkd" else f", discriminator {disc_mode}")
+        f"{layout.sharding}"
+        + ("" if plan.stage == "seqkd" else f", discriminator {disc_mode}")
         + f", activation checkpointing {'on' if layout.activation_checkpointing else 'off'}"
-    )  # fmt: skip
+    )
     lines = [head, f"student: {plan.student.params:,} parameters; shape from {plan.student.source}"]
     if plan.discriminator is not None:
-        lines.append(f"discriminator: {plan.discriminator.params:,} parameters (backbone + one-output score head, no "
-                     f"LM head); shape from {plan.discriminator.source}")  # fmt: skip
+        lines.append(
+            f"discriminator: {plan.discriminator.params:,} parameters (backbone + one-output score head, no "
+            f"LM head); shape from {plan.discriminator.source}"
+        )
     lines.append(f"batch: {batch.describe()}")
     lines += [f"error: {e}" for e in batch.errors]
-    width = 60
+    width = 66
     lines += ["", f"{'per GPU':<{width}}{'GB':>9}   how"]
     for item in plan.states:
         lines.append(_row(item.label, item.bytes, item.formula, width, gb, indent=2))
@@ -301,7 +365,9 @@ def format_plan(recipe: str, plan, batch, other, gb: int, usable_fraction: float
         lines.append("  transient, one phase of the step at a time (the largest counts):")
     for name, items in plan.phases.items():
         if len(items) == 1:  # the phase is its one item
-            lines.append(_row(items[0].label, items[0].bytes, items[0].formula, width, gb, indent=4))
+            item = items[0]
+            label = item.label if item.label.startswith(name.split()[0]) else f"{name}: {item.label}"
+            lines.append(_row(label, item.bytes, item.formula, width, gb, indent=4))
             continue
         lines.append(_row(name, plan.phase_bytes(name), "", width, gb, indent=4))
         lines += [_row(item.label, item.bytes, item.formula, width, gb, indent=6) for item in items]
@@ -310,8 +376,10 @@ def format_plan(recipe: str, plan, batch, other, gb: int, usable_fraction: float
     if other is not None:
         mode = "sharded" if other.layout.discriminator_sharded else "replicated"
         verdict = "fits" if other.fits else "does NOT fit"
-        lines.append(f"discriminator {mode} instead: states {other.states_bytes / gb:.2f} GB, peak "
-                     f"{other.peak_bytes / gb:.2f} GB: {verdict}")  # fmt: skip
+        lines.append(
+            f"discriminator {mode} instead: states {other.states_bytes / gb:.2f} GB, peak "
+            f"{other.peak_bytes / gb:.2f} GB: {verdict}"
+        )
     lines += [f"note: {note}" for note in plan.notes]
     return "\n".join(lines)
 
@@ -339,6 +407,7 @@ def _verdict(plan, gb: int, usable_fraction: float) -> str:
 def format_checks(checks: dict[str, Any]) -> str:
     lines = ["", "dry run:"] + [f"  {line}" for line in checks["lines"]]
     lines += [f"  problem: {problem}" for problem in checks["problems"]]
-    lines.append("dry run: " + ("every check passed" if not checks["problems"] else f"{len(checks['problems'])} "
-                                "problem(s)"))  # fmt: skip
+    lines.append(
+        "dry run: " + ("every check passed" if not checks["problems"] else f"{len(checks['problems'])} problem(s)")
+    )
     return "\n".join(lines)

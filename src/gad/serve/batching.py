@@ -240,7 +240,7 @@ class TeacherGenerateManager(GenerateManager):
         or fail past the model's context."""
         length = inputs["input_ids"].shape[-1]
         limit = self.max_prompt_tokens or _context_length(model)
-        if False:
+        if length > limit:
             raise Refused(
                 413,
                 f"the prompt is {length} tokens after the chat template (the hidden system prompt included), over "

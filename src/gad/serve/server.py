@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,16 @@ PARENT_POLL_S = 1.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 TEXT_PARTS = frozenset({"text", "input_text", "output_text"})  # content parts whose "text" transformers serve reads
-# Request fields that must be whole numbers, and their least value (None: any).
-INTEGER_FIELDS = {"max_tokens": 1, "max_completion_tokens": 1, "seed": None, "n": 1}
-# Request fields that must be numbers, and their range.
-NUMBER_FIELDS = {"temperature": (0.0, math.inf), "top_p": (0.0, 1.0), "frequency_penalty": (-2.0, 2.0)}
+# Request fields that must be whole numbers, and their range (a seed: what torch's generators accept).
+INTEGER_FIELDS = {
+    "max_tokens": (1, math.inf),
+    "max_completion_tokens": (1, math.inf),
+    "n": (1, math.inf),
+    "seed": (-(2**63), 2**64 - 1),
+}
+# Request fields that must be numbers, and their range. transformers serve turns frequency_penalty into
+# repetition_penalty = 1 + frequency_penalty, which must be positive: the negative half of OpenAI's range is refused.
+NUMBER_FIELDS = {"temperature": (0.0, math.inf), "top_p": (0.0, 1.0), "frequency_penalty": (0.0, 2.0)}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -188,22 +195,11 @@ def request_error(body: dict) -> str | None:
         problem = _message_error(message)
         if problem:
             return f"messages[{index}]: {problem}"
-    for name, least in INTEGER_FIELDS.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool):
-            return f"'{name}' must be a whole number, got {_shown(value)}"
-        if least is not None and value < least:
-            return f"'{name}' must be at least {least}, got {value}"
-    for name, (low, high) in NUMBER_FIELDS.items():
-        value = body.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-            return f"'{name}' must be a number, got {_shown(value)}"
-        if not low <= value <= high:
-            return f"'{name}' must be between {low:g} and {high:g}, got {value}"
+    for fields, whole in ((INTEGER_FIELDS, True), (NUMBER_FIELDS, False)):
+        for name, (low, high) in fields.items():
+            problem = _number_error(body.get(name), low, high, whole=whole)
+            if problem:
+                return f"'{name}' {problem}"
     if body.get("n") not in (None, 1):
         return "'n' > 1 is not supported; send n requests"
     stop = body.get("stop")
@@ -211,6 +207,24 @@ def request_error(body: dict) -> str | None:
         return f"'stop' must be a string or a list of strings, got {_shown(stop)}"
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
         return f"'stream' must be true or false, got {_shown(body['stream'])}"
+    bias = body.get("logit_bias")
+    if bias is not None and not (
+        isinstance(bias, dict)
+        and all(key.isdigit() and _number_error(value, -100, 100) is None for key, value in bias.items())
+    ):
+        return f"'logit_bias' must map token ids to numbers between -100 and 100, got {_shown(bias)}"
+    return None
+
+
+def _number_error(value: Any, low: float, high: float, *, whole: bool = False) -> str | None:
+    """What is wrong with a numeric field's value (None, for a field left out, is fine)."""
+    if value is None:
+        return None
+    kind = int if whole else int | float
+    if not isinstance(value, kind) or isinstance(value, bool) or not math.isfinite(value):
+        return f"must be a {'whole number' if whole else 'number'}, got {_shown(value)}"
+    if not low <= value <= high:
+        return f"must be at least {low}, got {value}" if high == math.inf else f"must be {low}..{high}, got {value}"
     return None
 
 
@@ -319,6 +333,7 @@ def serve_teacher(
         )
         batcher = manager if isinstance(manager, batching_module.BatchedGenerateManager) else None
         _adapt_chat_handler(chat_handler, model_id, system, batcher)
+        _rename_model(chat_handler, model_manager, served_name(model_id))
         app = original_build(model_manager, chat_handler, *rest, **kwargs)
         _errors_as_openai(app)
         # Middleware added last runs first: the guard turns away other routes and wrong keys before a body is read.
@@ -414,7 +429,7 @@ def _adapt_chat_handler(handler: Any, model_id: str, system: str | None, batcher
             raise Refused(400, f"the model's chat template refused the conversation: {error}", "bad_messages") from None
 
     async def handle(body: dict, request_id: str) -> Any:
-        problem = None
+        problem = request_error(body)
         if problem:
             raise Refused(400, problem, "invalid_request")
         body = {key: value for key, value in body.items() if key != "n"}
@@ -485,16 +500,16 @@ def _errors_as_openai(app: Any) -> None:
 
 
 class _WatchClient:
-    """ASGI middleware: refuse a body over ``max_bytes`` (413), and tell the request's generation when its client
-    disconnects (the event in ``client_gone``).
+    """ASGI middleware: refuse a body over ``max_body_bytes`` (413), and tell the request's generation when its client
+    disconnects (the event it finds in ``client_gone``).
 
     The body is refused before it is read when its Content-Length is over the limit, else as soon as the bytes read
     pass it. Once read, the body is handed on as one message and the connection is watched: without this, a request
     only learns that its client is gone by reading from it, which nothing does while a non-streaming answer is made.
     """
 
-    def __init__(self, app: Any, *, max_body_bytes: int, client_gone: Any):
-        self.app, self.max_bytes, self.client_gone = app, 1 << 60, client_gone
+    def __init__(self, app: Any, *, max_body_bytes: int, client_gone: ContextVar[threading.Event | None]):
+        self.app, self.max_bytes, self.client_gone = app, max_body_bytes, client_gone
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -522,7 +537,7 @@ class _WatchClient:
                 pass
             gone.set()
 
-        watcher = asyncio.ensure_future(watch())
+        watcher = asyncio.create_task(watch())
         body: list[bytes] = [b"".join(chunks)]
 
         async def replay() -> dict:
@@ -531,7 +546,7 @@ class _WatchClient:
             await asyncio.shield(watcher)  # a streaming response listens for the disconnect: it waits here
             return {"type": "http.disconnect"}
 
-        token = self.client_gone.set(None)  # inherited by the tasks that run the request
+        token = self.client_gone.set(gone)  # inherited by the tasks that run the request
         try:
             await self.app(scope, replay, send)
         finally:
