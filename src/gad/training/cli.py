@@ -81,5 +81,6 @@ def run(args: argparse.Namespace) -> int:
 
     for stage, config in configs:
         layout = run_stage(stage, config, resume=resume, overwrite=args.overwrite).layout
-        print(f"{stage}: done -> {layout.student}" + ("" if stage == "seqkd" else f", {layout.discriminator}"))
+        if config.process_index == 0:  # one line per stage, not one per process
+            print(f"{stage}: done -> {layout.student}" + ("" if stage == "seqkd" else f", {layout.discriminator}"))
     return 0
