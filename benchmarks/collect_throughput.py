@@ -207,7 +207,12 @@ def local_benchmark(args: argparse.Namespace) -> int:
         print(f"{name}: {run['answers_per_s']} answers/s, {run['tokens_per_s']} tokens/s")
     print_goals(goals)
     result = {"goals": goals, "model": args.local, "params": LOCAL_PARAMS, "rounds": args.rounds, "runs": runs}
-    write_result(args.out or RESULTS / "collect_throughput_local.json", "collect_throughput_local", result)
+    write_result(
+        args.out or RESULTS / "collect_throughput_local.json",
+        "collect_throughput_local",
+        result,
+        script="collect_throughput",
+    )
     return 0 if all(entry["met"] for entry in goals.values()) else 1
 
 

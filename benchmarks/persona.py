@@ -79,7 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     run = commands.add_parser("run", help="train and evaluate SeqKD and GAD for some seeds (one JSON per seed)")
     _teacher_options(run)
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    run.add_argument("--quick", action="store_true", help="iteration mode: small subsets, short training")
+    run.add_argument("--quick", action="store_true", help="iteration mode: the first 24/8/8 train/val/test prompts, "
+                     "1 epoch per stage, validation every 3 steps, 1 test sample, 2 C2ST splits (overrides those "
+                     "flags); writes quick_seedN.json")  # fmt: skip
     run.add_argument("--style-regex", default=None, help="the persona check as a regex (default: the demo's check)")
     run.add_argument("--seqkd-epochs", type=float, default=3.0, help="SeqKD epochs (paper: 3)")
     run.add_argument("--warmup-epochs", type=float, default=1.0, help="GAD warmup epochs (paper: 1)")
@@ -385,7 +387,9 @@ def run_seed(args, seed: int) -> dict:
     val_teacher = load_split(args.data_dir, "val", limits.get("val"))
     test_teacher = load_split(args.data_dir, "test", limits.get("test"))
     model_dir = resolve_model(args.model)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="gad-persona-"))
+    work = args.workdir or Path(tempfile.gettempdir()) / f"gad-persona-seed{seed}"
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)  # what a killed run left
     work.mkdir(parents=True, exist_ok=True)
     train_file = work / "train.jsonl"  # the collected file, or its first prompts with --quick
     lines = (args.data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()
@@ -443,9 +447,7 @@ def run_seed(args, seed: int) -> dict:
         result["methods"][name] = entry
     result["teacher_test"] = {k: _round(v) for k, v in
                               answer_metrics(test_teacher, test_teacher, checker, 1, 0).items()}  # fmt: skip
-    report(work, result, args.out_dir / f"seed{seed}.html")
-    if args.workdir is None:
-        shutil.rmtree(work, ignore_errors=True)
+    report(work, result, args.out_dir / f"{'quick_' if args.quick else ''}seed{seed}.html")
     return result
 
 
@@ -483,7 +485,9 @@ def report(work: Path, result: dict, path: Path) -> None:
 
 
 def paired(values: list[float]) -> dict:
-    """Mean and 95 % interval (t distribution) of per-seed paired differences."""
+    """Mean and 95 % interval (t distribution) of per-seed paired differences (all None without a pair)."""
+    if not values:
+        return {"mean": None, "low": None, "high": None, "per_seed": []}
     mean = statistics.mean(values)
     if len(values) < 2:
         return {"mean": _round(mean), "low": None, "high": None, "per_seed": values}
@@ -513,16 +517,23 @@ def merge(paths: list[Path]) -> dict:
                          for s in both])  # fmt: skip
     d_val = [h["d_acc_val"] for s in seeds for h in s["methods"]["gad"]["curves"] if "d_acc_val" in h]
     goals = {
-        "c2st_points_closer_to_50": goal(closer, closer["mean"] >= GOAL_C2ST_POINTS and (closer["low"] or 0) > 0,
-                                         f">= {GOAL_C2ST_POINTS:g} points, 95 % interval above 0"),
-        "style_at_least_seqkd": goal(style, style["mean"] >= 0, "GAD - SeqKD persona pass rate >= 0"),
-        "no_more_degenerate": goal(degenerate, degenerate["mean"] <= 0, "GAD - SeqKD degenerate share <= 0"),
+        "c2st_points_closer_to_50": goal(closer, _at_least(closer["mean"], GOAL_C2ST_POINTS) and
+                                         _at_least(closer["low"], 1e-12), f">= {GOAL_C2ST_POINTS:g} points, 95 % "
+                                         "interval above 0"),
+        "style_at_least_seqkd": goal(style, _at_least(style["mean"], 0), "GAD - SeqKD persona pass rate >= 0"),
+        "no_more_degenerate": goal(degenerate, _at_least(None if degenerate["mean"] is None else -degenerate["mean"],
+                                                         0), "GAD - SeqKD degenerate share <= 0"),
         "d_acc_val_after_warmup": goal(d_val[-1] if d_val else None, bool(d_val) and d_val[-1] >= 0.8,
                                        ">= 0.8 (logged as d_acc_val)"),
     }  # fmt: skip
     return {"seeds": [s["seed"] for s in seeds], "per_seed": seeds, "table": table,
             "paired": {"c2st_points_closer": closer, "style_pass": style, "degenerate": degenerate},
             "goals": goals}  # fmt: skip
+
+
+def _at_least(value: float | None, bound: float) -> bool:
+    """A goal is met only by a measured value: None (no seed had both chosen checkpoints) is not met."""
+    return value is not None and value >= bound
 
 
 def print_table(merged: dict) -> None:
@@ -561,10 +572,16 @@ def main(argv=None) -> dict:
     written = {}
     for seed in args.seeds:
         started = time.monotonic()
-        result = run_seed(args, seed)
+        try:
+            result = run_seed(args, seed)
+        finally:
+            if args.workdir is None:  # the scratch folder holds several copies of the model
+                shutil.rmtree(Path(tempfile.gettempdir()) / f"gad-persona-seed{seed}", ignore_errors=True)
         result["wall_seconds"] = round(time.monotonic() - started, 1)
         result["goals"] = {}  # the goals are judged over seeds, by `merge`
-        written[seed] = write_result(args.out_dir / f"seed{seed}.json", "persona", result, argv)
+        # a quick run is never merged with full ones (merge reads seed*.json)
+        name = f"{'quick_' if args.quick else ''}seed{seed}"
+        written[seed] = write_result(args.out_dir / f"{name}.json", "persona", result, argv)
     return written
 
 

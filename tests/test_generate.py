@@ -101,3 +101,21 @@ def test_named_prompt_sets_resolve(monkeypatch, tmp_path, capsys):
         assert known in str(info.value)
     assert main(["generate", "--model", str(tmp_path), "--prompts", "no_such_set", "--out", str(tmp_path / "o")]) == 2
     assert "error: unknown prompt set" in capsys.readouterr().err
+
+
+def test_generating_from_a_model_in_memory_leaves_it_and_the_random_stream_as_they_were(tiny_model_dir):
+    import torch
+
+    from gad.data import PromptRow
+    from gad.evaluation.generate import generate_with, load_model
+
+    model, tokenizer = load_model(tiny_model_dir, "cpu")
+    model.train()
+    tokenizer.padding_side = "right"
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    rows = generate_with(model, tokenizer, [PromptRow("a", [{"role": "user", "content": "Hi?"}])], max_new_tokens=4,
+                         temperature=1.0, seed=7)  # fmt: skip
+    assert torch.equal(torch.rand(3), expected)  # the caller's stream continues as if nothing had been drawn
+    assert model.training and tokenizer.padding_side == "right" and len(rows) == 1

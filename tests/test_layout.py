@@ -34,13 +34,6 @@ def test_checkpoints_are_ordered_by_step_and_only_complete_ones_are_latest(tmp_p
     assert checkpoint_step(Path("x/student")) is None
 
 
-def test_stages_lists_existing_stage_folders_in_pipeline_order(tmp_path):
-    run = RunLayout(tmp_path)
-    for name in ("gad", "seqkd", "notes"):
-        (tmp_path / name).mkdir()
-    assert [s.name for s in run.stages()] == ["seqkd", "gad"]
-
-
 def test_read_metrics_skips_a_line_cut_by_a_crash(tmp_path, caplog):
     from gad.layout import read_metrics
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from gad.errors import GadError
-from gad.runtime import environ, environment, pick_threads, stop_on_sigterm
+from gad.runtime import environment, pick_threads, stop_on_sigterm
 
 
 def test_threads_option():
@@ -19,14 +19,6 @@ def test_threads_option():
         pick_threads("0")
     with pytest.raises(GadError, match="threads"):
         pick_threads("many")
-
-
-def test_environ_sets_and_restores(monkeypatch):
-    monkeypatch.delenv("GAD_TEST_VALUE", raising=False)
-    monkeypatch.setenv("GAD_TEST_KEPT", "before")
-    with environ(GAD_TEST_VALUE="1", GAD_TEST_KEPT="during"):
-        assert os.environ["GAD_TEST_VALUE"] == "1" and os.environ["GAD_TEST_KEPT"] == "during"
-    assert "GAD_TEST_VALUE" not in os.environ and os.environ["GAD_TEST_KEPT"] == "before"
 
 
 def test_sigterm_unwinds_like_ctrl_c():

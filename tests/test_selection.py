@@ -159,3 +159,18 @@ def test_select_by_judge_free_metric_with_copy_fallback_and_guard(tiny_run, monk
     assert data["chosen"] is None and all(not c["eligible"] for c in data["candidates"])
     # Selection by judge score without a judge is refused up front.
     assert main(["eval", "--select", str(stage), "--prompts", str(prompts)]) == 2
+
+
+def test_only_checkpoints_whose_save_finished_are_candidates(tmp_path):
+    from gad.layout import COMPLETE_MARKER
+
+    for step in (2, 4, 6):
+        folder = tmp_path / "gad" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        if step != 6:  # checkpoint-6 was cut off mid-save
+            (folder / COMPLETE_MARKER).write_text("{}")
+    assert [name for name, _ in find_checkpoints(tmp_path / "gad")] == ["checkpoint-2", "checkpoint-4"]
+    for step in (2, 4):  # a run from before completion markers: every checkpoint counts
+        (tmp_path / "gad" / f"checkpoint-{step}" / COMPLETE_MARKER).unlink()
+    assert len(find_checkpoints(tmp_path / "gad")) == 3

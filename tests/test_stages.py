@@ -33,3 +33,30 @@ def test_the_papers_learning_rate_on_a_short_run_gets_one_warning(tmp_path, capl
         gad = GADConfig(output_dir=str(tmp_path), init_from=str(tmp_path / "warmup"), train_file="x", max_steps=5000)
         warn_if_too_short("gad", gad, 100)
     assert not caplog.records  # a raised learning rate, or a run as long as the paper's: nothing to say
+
+
+def test_a_restarted_stage_killed_before_its_end_is_not_taken_as_finished(tmp_path, tiny_model_dir, tiny_train_file):
+    from transformers import TrainerCallback
+
+    from gad.training.stages import run_stage
+
+    class Killed(Exception):
+        pass
+
+    class KillAtFirstStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise Killed
+
+    def config():
+        return SeqKDConfig(output_dir=str(tmp_path / "seqkd"), student=str(tiny_model_dir),
+                           train_file=str(tiny_train_file), max_steps=2, save_steps=1000, learning_rate=1e-3,
+                           per_device_train_batch_size=8, max_prompt_length=32, max_completion_length=16,
+                           disable_tqdm=True)  # fmt: skip
+
+    assert run_stage("seqkd", config()).global_step == 2  # finished
+    try:
+        run_stage("seqkd", config(), overwrite=True, callbacks=[KillAtFirstStep()])  # started again, killed at step 1
+    except Killed:
+        pass
+    resumed = run_stage("seqkd", config(), resume=True)
+    assert not resumed.skipped and resumed.global_step == 2  # trained again, not "already finished"

@@ -1,4 +1,5 @@
-"""Where everything of a run lives: one place names every path, so that no other module spells a folder name.
+"""Where everything of a run lives, named in one place (the stage runner, callbacks, trainers, selection, report and
+demo take their paths from here).
 
 ::
 
@@ -10,7 +11,8 @@
         student/                the final student (a plain Hugging Face folder)
         discriminator/          the final discriminator (warmup and gad)
         gad_finished.json       written last: the stage ran to the end
-      eval/                   `gad eval` output (eval.json, answers/)
+      eval/                   `gad eval` output (eval.json, answers/MODEL/SET.jsonl, ratings/)
+      selection-eval/         `gad eval --select RUN`: the checkpoints' evaluation; selection.json beside it
       best -> gad/checkpoint-N  the checkpoint `gad eval --select` chose
       report.html             `gad report`
 """
@@ -33,6 +35,7 @@ METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
 FINISHED_MARKER = "gad_finished.json"
 COMPLETE_MARKER = "gad_complete.json"  # inside a checkpoint: everything in it is written
+SELECTION_EVAL = "selection-eval"
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,6 @@ class RunLayout:
 
     def stage(self, name: str) -> StageLayout:
         return StageLayout(self.root / name)
-
-    def stages(self) -> list[StageLayout]:
-        """The stage folders that exist, in pipeline order."""
-        return [self.stage(name) for name in STAGE_NAMES if (self.root / name).is_dir()]
 
     @property
     def eval_dir(self) -> Path:

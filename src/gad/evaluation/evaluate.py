@@ -25,6 +25,7 @@ from gad.errors import GadError
 from gad.evaluation.generate import generate_answers, is_model_folder, read_answers, write_answers
 from gad.evaluation.prompt_sets import load_prompt_set, reference_answers
 from gad.evaluation.results import EVAL_FILE, EvalResults
+from gad.layout import answers_file
 from gad.options import check_ranges, option_flag
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def evaluate(
     evaluated = [*([TEACHER] if teacher_spec and judge_teacher else []), *names]
     for model_name, per_set in answers.items():
         for set_name, by_id in per_set.items():
-            _write_set_answers(out / "answers" / model_name / f"{set_name}.jsonl", sets[set_name], by_id)
+            _write_set_answers(answers_file(out, model_name, set_name), sets[set_name], by_id)
 
     # 2. The judge: references (cached), ratings, pairwise.
     results: dict[str, dict[str, dict[str, Any]]] = {m: {s: {} for s in sets} for m in evaluated}
@@ -240,7 +241,7 @@ def evaluate(
     if judge is not None:
         judge_info, judge_refs = asyncio.run(_run_judge(judge, sets, answers, evaluated, pairs, results, pairwise, out))
         for set_name, refs in judge_refs.items():
-            _write_set_answers(out / "answers" / JUDGE_REFERENCE / f"{set_name}.jsonl", sets[set_name], refs)
+            _write_set_answers(answers_file(out, JUDGE_REFERENCE, set_name), sets[set_name], refs)
 
     # 3. Judge-free metrics against the teacher (or the best stand-in), and lengths.
     set_info: dict[str, dict[str, Any]] = {}

@@ -99,11 +99,13 @@ def generate_with(
     import torch
     from tqdm.auto import tqdm
 
-    was_training, padding_side = model.training, tokenizer.padding_side
+    was_training, padding_side, pad_token = model.training, tokenizer.padding_side, tokenizer.pad_token
     model.eval()
     tokenizer.padding_side = "left"  # every row of a batch ends where its answer begins
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Seeded sampling here must not reset the random stream of a training run this is called from.
+    devices = [model.device] if model.device.type == "cuda" else []
     try:
         texts = [
             tokenizer.apply_chat_template(row.messages, tokenize=False, add_generation_prompt=True) for row in prompts
@@ -121,9 +123,9 @@ def generate_with(
         else:  # silence the sampling defaults some generation_config.json files carry
             generation_kwargs.update(temperature=None, top_p=None, top_k=None)
         eos_ids = _eos_ids(model, tokenizer)
-        torch.manual_seed(seed)
         bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
-        with torch.inference_mode():
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            torch.manual_seed(seed)
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
                 encoded = tokenizer(
@@ -138,7 +140,7 @@ def generate_with(
         return [row for row in results if row is not None]
     finally:
         model.train(was_training)
-        tokenizer.padding_side = padding_side
+        tokenizer.padding_side, tokenizer.pad_token = padding_side, pad_token
 
 
 def _answer_row(prompt: PromptRow, ids: list[int], eos_ids: set[int], tokenizer) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from gad.errors import GadError
 from gad.evaluation.results import EVAL_FILE, SELECTION_FILE, EvalResults, Selection
-from gad.layout import METRICS, STAGE_NAMES, RunLayout, StageLayout, read_metrics
+from gad.layout import METRICS, SELECTION_EVAL, STAGE_NAMES, RunLayout, StageLayout, answers_file, read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def collect_inputs(paths: list[str | Path]) -> Inputs:
             if metrics.is_file():
                 found.runs.setdefault(_label(path), {})[stage] = read_metrics(metrics)
                 used = True
-        for sub in ("eval", "selection-eval", *(f"{s}/selection-eval" for s in STAGE_NAMES)):
+        for sub in ("eval", SELECTION_EVAL, *(f"{s}/{SELECTION_EVAL}" for s in STAGE_NAMES)):
             if (path / sub / EVAL_FILE).is_file():
                 add_eval(path / sub / EVAL_FILE)
                 used = True
@@ -313,7 +313,7 @@ def examples(eval_dir: Path, data: EvalResults, count: int) -> list[tuple[str, s
         columns.insert(0, "judge_reference")
     picked = []
     for s in data.sets:
-        loaded = {m: _read_answer_file(eval_dir / "answers" / m / f"{s}.jsonl") for m in columns}
+        loaded = {m: _read_answer_file(answers_file(eval_dir, m, s)) for m in columns}
         loaded = {m: a for m, a in loaded.items() if a}
         if not loaded:
             continue

@@ -22,7 +22,7 @@ from gad.errors import GadError
 from gad.evaluation.evaluate import GenerationConfig, JudgeConfig, ModelSpec, evaluate
 from gad.evaluation.generate import is_model_folder
 from gad.evaluation.results import EVAL_FILE, SELECTION_FILE, Selection
-from gad.layout import STAGE_NAMES, RunLayout, StageLayout
+from gad.layout import SELECTION_EVAL, STAGE_NAMES, RunLayout, StageLayout
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ def find_checkpoints(run_dir: str | Path) -> list[tuple[str, Path]]:
 
 def _stage_checkpoints(folder: Path, prefix: str) -> list[tuple[str, Path]]:
     stage = StageLayout(folder)
-    found = [(f"{prefix}{path.name}", path) for path in stage.checkpoints() if is_model_folder(path)]
+    # Only checkpoints whose save finished; runs from before completion markers existed have none marked.
+    checkpoints = stage.checkpoints(complete_only=True) or stage.checkpoints()
+    found = [(f"{prefix}{path.name}", path) for path in checkpoints if is_model_folder(path)]
     if is_model_folder(stage.student):
         found.append((f"{prefix}{stage.student.name}", stage.student))
     return found
@@ -112,7 +114,7 @@ def select_checkpoint(
         raise GadError("length ratios must satisfy 0 <= min_length_ratio <= max_length_ratio and max > 0")
     checkpoints = find_checkpoints(run_dir)
     specs = [ModelSpec(name.replace("/", "__"), path) for name, path in checkpoints]
-    out = Path(out_dir) if out_dir else run_dir / "selection-eval"
+    out = Path(out_dir) if out_dir else run_dir / SELECTION_EVAL
     report = evaluate(
         specs,
         prompt_sets,
