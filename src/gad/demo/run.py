@@ -78,6 +78,7 @@ class Progress:
 
 def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any]:
     """Run every phase of the demo into ``out`` and return the summary written to ``out/demo.json``."""
+    out = out.resolve()  # the recipe machinery resolves relative paths against the preset's folder first
     progress = Progress(total=7)
     load_at_start = load_average()
     run = RunLayout(out)
