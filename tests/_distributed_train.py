@@ -27,6 +27,17 @@ def tensor_hashes(state: dict[str, torch.Tensor]) -> dict[str, str]:
     return {name: hashlib.sha256(t.detach().cpu().numpy().tobytes()).hexdigest() for name, t in state.items()}
 
 
+def whole_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """The model's state dict with sharded (FSDP2, DTensor) tensors gathered whole (a collective: every process calls
+    it), and how many parameter elements this process holds (``held``) of all of them (``total``)."""
+    from torch.distributed.tensor import DTensor
+
+    state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    held = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
+    return state, {"held": held, "total": sum(p.numel() for p in params)}
+
+
 def main(argv: list[str]) -> int:
     import torch.distributed as dist
 
@@ -37,9 +48,10 @@ def main(argv: list[str]) -> int:
 
     def train_and_hash(self, *args, **kwargs):
         result = train(self, *args, **kwargs)
-        name = f"{Path(self.args.output_dir).name}-rank{self.accelerator.process_index}.json"
-        hashes = tensor_hashes(self.discriminator.model.state_dict())
-        (Path(os.environ["GAD_TEST_HASHES"]) / name).write_text(json.dumps(hashes))
+        name = f"{Path(self.args.output_dir).name}-rank{self.accelerator.process_index}"
+        state, size = whole_state(self.discriminator.model)
+        (Path(os.environ["GAD_TEST_HASHES"]) / f"{name}.json").write_text(json.dumps(tensor_hashes(state)))
+        (Path(os.environ["GAD_TEST_HASHES"]) / f"{name}-size.json").write_text(json.dumps(size))
         return result
 
     GADTrainer.train = train_and_hash

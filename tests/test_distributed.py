@@ -64,7 +64,9 @@ def ddp_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path, str]:
     """warmup (2 steps) then gad (4 steps) by 2 processes; every process's discriminator hashes; the launch's log."""
     root = tmp_path_factory.mktemp("ddp")
     run, hashes = root / "run", root / "hashes"
-    result = _train(run, hashes, "--stage", "warmup,gad", f"warmup.student={tiny_model_dir}")
+    result = _train(
+        run, hashes, "--stage", "warmup,gad", f"warmup.student={tiny_model_dir}", "discriminator_sharding=replicate"
+    )
     return run, hashes, result.stdout + result.stderr
 
 
@@ -165,3 +167,109 @@ def test_a_launch_that_runs_one_process_is_refused_with_the_right_command(tmp_pa
     assert result.returncode != 0 and len(errors) == 1, result.stderr[-3000:]
     assert "--num_processes N` starts one process only" in errors[0] and "--multi_gpu" in errors[0]
     assert not (tmp_path / "run" / "warmup").exists()
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
+    """``ddp_run`` again with the discriminator sharded over the 2 processes (FSDP2; the student stays replicated)."""
+    root = tmp_path_factory.mktemp("sharded")
+    run, hashes = root / "run", root / "hashes"
+    _train(run, hashes, "--stage", "warmup,gad", f"warmup.student={tiny_model_dir}", "discriminator_sharding=fsdp")
+    return run, hashes
+
+
+def _discriminator(folder: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(folder).state_dict()  # plain transformers
+
+
+def test_a_sharded_discriminator_trains_as_the_replicated_one_with_half_the_parameters(sharded_run, ddp_run):
+    run, hashes = sharded_run
+    replicated_run = ddp_run[0]
+    for stage in ("warmup", "gad"):
+        sizes = [json.loads((hashes / f"{stage}-rank{rank}-size.json").read_text()) for rank in (0, 1)]
+        total = sizes[0]["total"]
+        assert sizes[0]["held"] + sizes[1]["held"] == total, sizes
+        assert max(size["held"] for size in sizes) <= 0.51 * total, sizes  # about half each, during training
+        assert _hashes(hashes, f"{stage}-rank0") == _hashes(hashes, f"{stage}-rank1")  # gathered: the same whole
+        sharded, replicated = (
+            _discriminator(run / stage / "discriminator"),
+            _discriminator(replicated_run / stage / "discriminator"),
+        )
+        assert sharded.keys() == replicated.keys()
+        for name, tensor in sharded.items():
+            gap = (tensor - replicated[name]).abs().max().item()
+            assert gap <= 1e-5, f"{stage}: {name} differs from the replicated run's by {gap:.2e}"
+        checkpoint = run / stage / "checkpoint-2" / "discriminator"
+        assert set(_discriminator(checkpoint)) == set(sharded)  # the checkpoint's is a plain folder too
+        state = torch.load(checkpoint / "discriminator_optimizer.pt", weights_only=True)
+        assert len(state["full_optimizer"]["state"]) == len(sharded)  # the whole optimizer state, every parameter
+
+
+def test_a_sharded_discriminator_resumes_like_an_uninterrupted_run(sharded_run, tmp_path):
+    run, hashes = sharded_run
+    killed = tmp_path / "run"
+    shutil.copytree(run, killed)
+    for name in ("checkpoint-4", "student", "discriminator"):
+        shutil.rmtree(killed / "gad" / name)
+    (killed / "gad" / "gad_finished.json").unlink()
+    _train(killed, tmp_path / "hashes", "--stage", "warmup,gad", "--resume", "discriminator_sharding=fsdp")
+    uninterrupted = _steps(run / "gad" / "metrics.jsonl", "d_loss")
+    continued = _steps(killed / "gad" / "metrics.jsonl", "d_loss")
+    for step in (3, 4):
+        assert round(continued[step], 5) == round(uninterrupted[step], 5), (step, continued, uninterrupted)
+    resumed, whole = _discriminator(killed / "gad" / "discriminator"), _discriminator(run / "gad" / "discriminator")
+    for name, tensor in resumed.items():
+        assert torch.allclose(tensor, whole[name], rtol=0, atol=1e-6), name
+
+
+def test_discriminator_sharding_is_validated_in_one_line(tmp_path, tiny_model_dir, tiny_train_file):
+    from gad.training.config import GADConfig
+
+    paths = {"output_dir": str(tmp_path), "student": str(tiny_model_dir), "train_file": str(tiny_train_file)}
+    with pytest.raises(GadError, match="unknown discriminator_sharding 'zero3'; choose one of auto, replicate, fsdp"):
+        GADConfig(**paths, discriminator_sharding="zero3")
+    with pytest.raises(GadError, match="discriminator_fused_update needs a replicated discriminator"):
+        GADConfig(**paths, discriminator_sharding="fsdp", discriminator_fused_update=True)
+
+
+def test_deepspeed_zero3_is_refused_in_one_line(tmp_path, tiny_model_dir, tiny_train_file):
+    from types import SimpleNamespace
+
+    from gad.training.config import GADConfig
+    from gad.training.gad_trainer import _discriminator_sharding
+
+    paths = {"output_dir": str(tmp_path), "student": str(tiny_model_dir), "train_file": str(tiny_train_file)}
+    config = tmp_path / "zero3.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    for deepspeed in (str(config), {"zero_optimization": {"stage": 3}}):  # before transformers imports deepspeed
+        with pytest.raises(GadError, match="^the discriminator is not supported under DeepSpeed ZeRO-3 yet: use FSDP"):
+            GADConfig(**paths, deepspeed=deepspeed)
+    accelerator = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=3)))
+    with pytest.raises(GadError, match="not supported under DeepSpeed ZeRO-3 yet"):  # an accelerate config's
+        _discriminator_sharding(SimpleNamespace(discriminator_sharding="auto"), accelerator)
+
+
+def test_auto_sharding_follows_the_student():
+    """accelerate runs FSDP on accelerators only (on the CPU it falls back to DDP): checked on its decision."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from gad.training.gad_trainer import _discriminator_sharding
+
+    def accelerator(kind, processes=2, fsdp2=True):
+        state = SimpleNamespace(deepspeed_plugin=None)
+        return SimpleNamespace(state=state, distributed_type=kind, num_processes=processes, is_fsdp2=fsdp2)
+
+    def args(mode):
+        return SimpleNamespace(discriminator_sharding=mode, discriminator_fused_update=False)
+
+    assert _discriminator_sharding(args("auto"), accelerator(DistributedType.FSDP)) == "fsdp"
+    assert _discriminator_sharding(args("auto"), accelerator(DistributedType.MULTI_GPU)) == "replicate"
+    assert _discriminator_sharding(args("replicate"), accelerator(DistributedType.FSDP)) == "replicate"
+    assert _discriminator_sharding(args("fsdp"), accelerator(DistributedType.MULTI_CPU)) == "fsdp"
+    assert _discriminator_sharding(args("fsdp"), accelerator(DistributedType.NO, processes=1)) == "replicate"
+    with pytest.raises(GadError, match="needs FSDP version 2"):
+        _discriminator_sharding(args("auto"), accelerator(DistributedType.FSDP, fsdp2=False))

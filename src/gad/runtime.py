@@ -9,6 +9,7 @@ import os
 import platform
 import signal
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from gad.errors import GadError
@@ -49,6 +50,28 @@ def use_threads(threads: int) -> None:
 
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
+
+
+def check_launch(num_processes: int, env: Mapping[str, str] | None = None) -> None:
+    """Refuse a multi-process launch that accelerate runs as single processes, each training alone and all writing
+    the same files. Two launches do that: torchrun or ``accelerate launch --multi_gpu`` on a machine without GPUs
+    and without ``ACCELERATE_USE_CPU=1`` (``WORLD_SIZE`` > 1, yet accelerate sees one process), and
+    ``accelerate launch --cpu --num_processes N``, whose launcher starts one process only (it sets ``MASTER_ADDR``
+    for N > 1 but no ``WORLD_SIZE``). ``num_processes`` is what accelerate sees (``TrainingArguments.world_size``)."""
+    env = os.environ if env is None else env
+    if num_processes > 1:
+        return
+    world_size = int(env.get("WORLD_SIZE") or 1)
+    if world_size > 1:
+        raise GadError(
+            f"WORLD_SIZE={world_size} but accelerate sees one process (without GPUs it needs ACCELERATE_USE_CPU=1), "
+            f"so each process would train alone; launch {LAUNCH_COMMANDS}"
+        )
+    if "ACCELERATE_DYNAMO_BACKEND" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
+        raise GadError(
+            f"`accelerate launch --cpu --num_processes N` starts one process only; launch {LAUNCH_COMMANDS} "
+            "(or unset MASTER_ADDR to run one process on purpose)"
+        )
 
 
 def stop_on_sigterm() -> None:

@@ -224,6 +224,14 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
             "sample are held at once. Off: the update re-scores in chunks of discriminator_batch_size."
         ),
     )
+    discriminator_sharding: str = field(
+        default="auto",
+        metadata=_help(
+            "How several processes hold the discriminator: 'auto' (sharded with FSDP2 like the student when the "
+            "student trains under FSDP, else replicated), 'replicate' (a whole copy per process) or 'fsdp' (sharded "
+            "with FSDP2 over every process, whatever the student). Not under DeepSpeed ZeRO-3."
+        ),
+    )
     discriminator_trainable_layers: int | None = field(
         default=None,
         metadata=_help(
@@ -375,6 +383,15 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
         for name in ("discriminator_learning_rate", "discriminator_batch_size", "discriminator_max_length"):
             if getattr(self, name) <= 0:
                 raise GadError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.discriminator_sharding not in DISCRIMINATOR_SHARDING:
+            raise GadError(
+                f"unknown discriminator_sharding '{self.discriminator_sharding}'; choose one of "
+                f"{', '.join(DISCRIMINATOR_SHARDING)}"
+            )
+        if self.discriminator_sharding == "fsdp" and self.discriminator_fused_update:
+            raise GadError(
+                "discriminator_fused_update needs a replicated discriminator: set discriminator_sharding=replicate"
+            )
         layers = self.discriminator_trainable_layers
         if layers is not None and layers < 1:
             raise GadError(f"discriminator_trainable_layers must be >= 1 (or none: train all), got {layers}")
@@ -389,7 +406,36 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
         if not 0.0 <= self.gate_smoothing < 1.0:
             raise GadError(f"gate_smoothing must be in [0, 1), got {self.gate_smoothing}")
         _validate_safeguards(self)
+        if deepspeed_zero_stage(self.deepspeed) == 3:
+            raise GadError(ZERO3_UNSUPPORTED)
         super().__post_init__()
+
+
+DISCRIMINATOR_SHARDING = ("auto", "replicate", "fsdp")
+ZERO3_UNSUPPORTED = (
+    "the discriminator is not supported under DeepSpeed ZeRO-3 yet: use FSDP (fsdp: full_shard, fsdp_version 2) or "
+    "ZeRO stage 1 or 2"
+)
+
+
+def deepspeed_zero_stage(deepspeed: str | dict | None) -> int | None:
+    """The ZeRO stage of a ``deepspeed`` TrainingArguments value (a JSON file or a dict), or of an accelerate launch
+    with DeepSpeed (``ACCELERATE_DEEPSPEED_ZERO_STAGE``); None without DeepSpeed or when it says none."""
+    import json
+    import os
+
+    if isinstance(deepspeed, str) and Path(deepspeed).is_file():
+        try:
+            deepspeed = json.loads(Path(deepspeed).read_text())
+        except ValueError:
+            return None
+    if isinstance(deepspeed, dict):
+        stage = (deepspeed.get("zero_optimization") or {}).get("stage")
+        return stage if isinstance(stage, int) else None
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
+        return int(stage) if stage.isdigit() else None
+    return None
 
 
 def _validate_safeguards(config: GADConfig) -> None:

@@ -160,9 +160,10 @@ class Discriminator(torch.nn.Module):
             hf_logging.set_verbosity(verbosity)
         return cls(model, tokenizer, max_length=max_length)
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write a Hugging Face folder that loads with ``AutoModelForSequenceClassification``."""
-        self.model.save_pretrained(folder)
+    def save_pretrained(self, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write a Hugging Face folder that loads with ``AutoModelForSequenceClassification``; ``state_dict`` (the
+        model's, gathered from a sharded discriminator) replaces the model's own tensors."""
+        self.model.save_pretrained(folder, state_dict=state_dict)
         self.tokenizer.save_pretrained(folder)
 
     def train_top_layers(self, count: int | None) -> None:
@@ -211,12 +212,13 @@ class Discriminator(torch.nn.Module):
         """Scores [B]: read at each sequence's last real token, or an encoder's own pooled output."""
         if self.is_encoder:
             # The model's pooling (BERT: [CLS], position 0 of a right-padded batch) decides where the score is read.
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float().clone()
         backbone = getattr(self.model, self.model.base_model_prefix)
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = attention_mask.sum(dim=1) - 1
         last_hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
-        return self.model.score(last_hidden.to(self.model.score.weight.dtype))[:, 0].float()
+        # A copy, not a view of the head's output: FSDP2's backward hook on a sharded discriminator's output needs one.
+        return self.model.score(last_hidden.to(self.model.score.weight.dtype))[:, 0].float().clone()
 
     def score(self, prompts: Sequence[Messages], responses: Sequence[str], *, batch_size: int = 16) -> torch.Tensor:
         """Scores of [prompt; response] pairs, without gradients, in chunks of ``batch_size`` sequences."""
@@ -417,13 +419,7 @@ class DiscriminatorUpdater:
         """Passes on a one-token sequence (with a zero gradient, when ``backward``), so that every process makes as
         many as the busiest one: a sharded discriminator gathers its weights in each forward pass and reduces its
         gradients in each backward pass, collectives that every process must join or all of them wait."""
-        disc = self.discriminator
-        input_ids = torch.full((1, 1), disc.tokenizer.pad_token_id, dtype=torch.long, device=disc.device)
-        with torch.set_grad_enabled(backward):
-            for _ in range(count):
-                scores = disc(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-                if backward:
-                    scores.backward(torch.zeros_like(scores))
+        pad_passes(self.discriminator, count, backward=backward)
 
     def _sum_gradients(self) -> None:
         """Sum each replicated parameter's gradient across processes (a sharded one was reduced by FSDP in each
@@ -439,10 +435,79 @@ class DiscriminatorUpdater:
             parameter.grad = self.accelerator.reduce(parameter.grad, reduction="sum")
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict()}
+        """The optimizer's state: its own (replicated), or, sharded, the full one gathered from every process (keyed
+        by parameter name; a collective that every process joins, which returns it on the main process only)."""
+        if not self.sharded:
+            return {"optimizer": self.optimizer.state_dict()}
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return {"full_optimizer": get_optimizer_state_dict(self.discriminator, self.optimizer, options=_full_options())}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Restore :meth:`state_dict`'s output; a sharded discriminator takes the full state (every process)."""
+        if "full_optimizer" in state:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            options = StateDictOptions(full_state_dict=True)
+            set_optimizer_state_dict(self.discriminator, self.optimizer, state["full_optimizer"], options=options)
+        elif self.sharded:
+            raise GadError(
+                "this checkpoint holds a replicated discriminator's optimizer: resume with "
+                "discriminator_sharding=replicate"
+            )
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _full_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def pad_passes(disc: Discriminator, count: int, *, backward: bool = False) -> None:
+    """``count`` forward passes (and zero-gradient backward passes, when ``backward``) on a one-token sequence: what a
+    process with fewer sequences runs so that every process of a sharded discriminator makes as many passes."""
+    input_ids = torch.full((1, 1), disc.tokenizer.pad_token_id, dtype=torch.long, device=disc.device)
+    with torch.set_grad_enabled(backward):
+        for _ in range(count):
+            scores = disc(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+            if backward:
+                scores.backward(torch.zeros_like(scores))
+
+
+def shard_discriminator(disc: Discriminator, mesh) -> None:
+    """FSDP2 over ``mesh``: each transformer layer, the backbone, the head (``score``, or an encoder's
+    ``classifier``) and then the discriminator itself (the rest) are their own units. Call after moving it to its
+    device and :meth:`Discriminator.train_top_layers`, before building the :class:`DiscriminatorUpdater`."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = disc.model
+    backbone = getattr(model, model.base_model_prefix, None)
+    head = getattr(model, "classifier" if disc.is_encoder else "score", None)
+    layers = _decoder_layers(model)
+    units = [*(layers if layers is not None else []), backbone, head]
+    for module in units:
+        if isinstance(module, torch.nn.Module) and any(True for _ in module.parameters()):
+            fully_shard(module, mesh=mesh)
+    fully_shard(disc, mesh=mesh)
+
+
+def full_model_state_dict(disc: Discriminator) -> dict[str, torch.Tensor]:
+    """The model's whole state dict, gathered from a sharded discriminator onto the CPU of the main process (a
+    collective: every process calls it; the others get an empty dict). Keys as in ``disc.model.state_dict()``."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(disc, options=_full_options())
+    return {name.removeprefix("model."): tensor for name, tensor in state.items()}
+
+
+def load_full_model_state_dict(disc: Discriminator, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole model state dict (``disc.model``'s keys) into a sharded discriminator, on every process."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    full = {f"model.{name}": tensor for name, tensor in state.items()}
+    set_model_state_dict(disc, full, options=StateDictOptions(full_state_dict=True))
 
 
 def _is_sharded(parameter: torch.Tensor) -> bool:

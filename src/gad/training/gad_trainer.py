@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import DistributedType
 from transformers import GenerationConfig
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
@@ -39,13 +40,17 @@ from gad.layout import DISCRIMINATOR
 from gad.metrics import rouge_l
 from gad.prepare import teacher_turn_ids, truncate_rows
 from gad.training.callbacks import CompleteCheckpoints
-from gad.training.config import GADConfig
+from gad.training.config import ZERO3_UNSUPPORTED, GADConfig
 from gad.training.discriminator import (
     REWARD_TRANSFORMS,
     Discriminator,
     DiscriminatorStats,
     DiscriminatorUpdater,
     evaluate_pairs,
+    full_model_state_dict,
+    load_full_model_state_dict,
+    pad_passes,
+    shard_discriminator,
 )
 
 logger = logging.getLogger(__name__)
@@ -88,6 +93,9 @@ class DiscriminatorReward:
         self.keep_graph = keep_graph
         self.transform = REWARD_TRANSFORMS[transform]
         self.oracle = re.compile(oracle) if oracle is not None else None
+        # Set by the trainer when the discriminator is sharded: called with the number of sequences this process
+        # scored, it pads with forward passes up to the busiest process's (every process gathers in every pass).
+        self.even_out = None
         if self.oracle is not None:
             self.__name__ = "style_regex"  # TRL names the reward's metrics (rewards/NAME/mean) after it
         self.last_batch: dict[str, Any] | None = None
@@ -100,6 +108,8 @@ class DiscriminatorReward:
             scores = self.discriminator.score_with_grad(prompts, texts, batch_size=self.batch_size)
         else:
             scores = self.discriminator.score(prompts, texts, batch_size=self.batch_size)
+        if self.even_out is not None:
+            self.even_out(len(texts))
         self.last_batch = {
             "prompts": prompts,
             "student": texts,
@@ -136,6 +146,10 @@ class GADTrainer(CompleteCheckpoints, GRPOTrainer):
         super().__init__(model=model, reward_funcs=[self.reward], args=args, train_dataset=train_dataset, **kwargs)
         self.discriminator = discriminator.to(self.accelerator.device)
         discriminator.train_top_layers(args.discriminator_trainable_layers)
+        self.discriminator_sharded = _discriminator_sharding(args, self.accelerator) == "fsdp"
+        if self.discriminator_sharded:
+            shard_discriminator(discriminator, _fsdp_mesh(self.accelerator))
+            self.reward.even_out = self._even_out_passes
         self.discriminator_updater = DiscriminatorUpdater(
             discriminator,
             learning_rate=args.discriminator_learning_rate,
@@ -201,6 +215,7 @@ class GADTrainer(CompleteCheckpoints, GRPOTrainer):
             loss=self.args.discriminator_loss,
             batch_size=self.args.discriminator_batch_size,
         )
+        self._even_out_passes(len(teachers))
         accuracy = torch.tensor(stats.accuracy, device=self.accelerator.device)
         return stats if self.accelerator.reduce(accuracy, reduction="mean").item() > threshold else None
 
@@ -216,6 +231,7 @@ class GADTrainer(CompleteCheckpoints, GRPOTrainer):
                 [scores, score(old_prompts, old_students, batch_size=self.args.discriminator_batch_size)]
             )
             prompts, teachers, students = prompts + old_prompts, teachers + old_teachers, students + old_students
+        self._even_out_passes(len(replayed))
         unique_prompts, unique_teachers, group, _ = _group_by_prompt(prompts, teachers)
         num_fresh = len(batch["student"])
         first = None
@@ -360,6 +376,7 @@ class GADTrainer(CompleteCheckpoints, GRPOTrainer):
             loss=self.args.discriminator_loss,
             batch_size=batch_size,
         )
+        self._even_out_passes(len(prompts), rounds=2)
         self._metrics["train"]["d_acc_val"].append(stats.accuracy)
         self._metrics["train"]["d_score_gap_val"].append(stats.score_gap)
 
@@ -473,11 +490,46 @@ class GADTrainer(CompleteCheckpoints, GRPOTrainer):
         # GRPOTrainer declares its losses pre-scaled for gradient accumulation; so is this one.
         return weight * loss / self.current_gradient_accumulation_steps
 
+    def _even_out_passes(self, count: int, *, rounds: int = 1) -> None:
+        """With a sharded discriminator, after this process scored ``count`` sequences ``rounds`` times: forward
+        passes up to the number the busiest process made, so that every process joins every weight gather."""
+        if not self.discriminator_sharded:
+            return
+        batch_size = self.args.discriminator_batch_size
+        chunks = len(range(0, count, batch_size)) * rounds
+        agreed = self.accelerator.gather(torch.tensor([chunks], device=self.accelerator.device)).max().item()
+        pad_passes(self.discriminator, int(agreed) - chunks)
+
     # -- checkpoints hold the discriminator and its optimizer next to the student --------------------------------
+    def _gather_discriminator(self) -> tuple[dict | None, dict]:
+        """The discriminator's model state dict (None: replicated, its own tensors are whole) and its updater's state,
+        gathered whole onto the main process when sharded. Every process calls it: with a sharded discriminator it
+        is a collective."""
+        if not self.discriminator_sharded:
+            return None, self.discriminator_updater.state_dict()
+        return full_model_state_dict(self.discriminator), self.discriminator_updater.state_dict()
+
+    def save_discriminator(self, folder: Path) -> None:
+        """The discriminator as a plain Hugging Face folder, written by the main process; every process calls it (a
+        sharded discriminator is gathered together)."""
+        state_dict, _ = self._gather_discriminator()
+        if self.accelerator.is_main_process:
+            self.discriminator.save_pretrained(folder, state_dict=state_dict)
+
+    def _save_checkpoint(self, model, trial):
+        # Gathered on every process before the checkpoint (whose extras only the main process writes).
+        self._gathered_discriminator = self._gather_discriminator()
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._gathered_discriminator = None
+
     def _save_checkpoint_extras(self, checkpoint: Path) -> None:
         folder = checkpoint / DISCRIMINATOR
-        self.discriminator.save_pretrained(folder)
-        torch.save(self.discriminator_updater.state_dict(), folder / DISCRIMINATOR_STATE)
+        gathered = getattr(self, "_gathered_discriminator", None)
+        state_dict, updater_state = gathered if gathered is not None else self._gather_discriminator()
+        self.discriminator.save_pretrained(folder, state_dict=state_dict)
+        torch.save(updater_state, folder / DISCRIMINATOR_STATE)
         extra = {
             "d_acc_ema": self.d_acc_ema,
             "replay": self.replay.state_dict(),
@@ -492,7 +544,10 @@ class GADTrainer(CompleteCheckpoints, GRPOTrainer):
             return
         folder = Path(checkpoint) / DISCRIMINATOR
         restored = Discriminator.from_pretrained(folder, max_length=self.discriminator.max_length)
-        self.discriminator.model.load_state_dict(restored.model.state_dict())
+        if self.discriminator_sharded:
+            load_full_model_state_dict(self.discriminator, restored.model.state_dict())
+        else:
+            self.discriminator.model.load_state_dict(restored.model.state_dict())
         # On the CPU: a process's device can be a name torch.load cannot restore to ("cpu:0" with several CPU
         # processes); the optimizer moves its states to its parameters' device when it loads them.
         state = torch.load(folder / DISCRIMINATOR_STATE, map_location="cpu", weights_only=True)
@@ -505,6 +560,37 @@ class GADTrainer(CompleteCheckpoints, GRPOTrainer):
             self.d_skips = extra.get("d_skips", 0)  # absent from checkpoints written before the option existed
             self.d_acc_window.extend(extra.get("d_acc_window", []))
         logger.info("resumed the discriminator and its optimizer from %s", folder)
+
+
+def _discriminator_sharding(args: GADConfig, accelerator) -> str:
+    """'fsdp' or 'replicate': ``discriminator_sharding``, with 'auto' following the student (FSDP: sharded). One-line
+    errors where the discriminator cannot follow: DeepSpeed ZeRO-3, sharding without several processes."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and getattr(plugin, "zero_stage", None) == 3:
+        raise GadError(ZERO3_UNSUPPORTED)
+    mode = getattr(args, "discriminator_sharding", "replicate")
+    if mode == "auto":
+        mode = "fsdp" if accelerator.distributed_type == DistributedType.FSDP else "replicate"
+    if mode == "fsdp" and accelerator.num_processes < 2:
+        mode = "replicate"  # one process: a shard is the whole discriminator
+    if mode == "fsdp" and accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        raise GadError("a sharded discriminator needs FSDP version 2 (fsdp_version: 2), not FSDP 1")
+    if mode == "fsdp" and args.discriminator_fused_update:
+        raise GadError(
+            "discriminator_fused_update needs a replicated discriminator: set discriminator_sharding=replicate"
+        )
+    return mode
+
+
+def _fsdp_mesh(accelerator):
+    """The student's FSDP2 mesh (its data-parallel shard dimensions) when accelerate made one, else one over every
+    process."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh, parallelism = accelerator.torch_device_mesh, accelerator.parallelism_config
+    if mesh is not None and parallelism is not None and accelerator.is_fsdp2:
+        return mesh[tuple(parallelism.fsdp_dim_names)]
+    return init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
 
 
 def _hold_out_validation(dataset, args: GADConfig) -> tuple[Any, list[tuple[Any, str]] | None]:

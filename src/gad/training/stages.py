@@ -87,6 +87,8 @@ def run_stage(
 
     if main_process:
         layout.root.mkdir(parents=True, exist_ok=True)
+        # An earlier run's marker would make a later --resume skip this run's training if it is killed.
+        layout.finished_marker.unlink(missing_ok=True)
         write_config(layout.config, stage, config, data=data.counts)
     own = [
         MetricsFile(
@@ -103,10 +105,10 @@ def run_stage(
 
     accelerator = trainer.accelerator
     save_student(trainer, layout.student)  # every process: a sharded (FSDP, DeepSpeed) student is gathered together
+    if stage != "seqkd":
+        trainer.save_discriminator(layout.discriminator)  # every process (a sharded one is gathered); main writes
     if accelerator.is_main_process:
         tokenizer.save_pretrained(layout.student)
-        if stage != "seqkd":
-            trainer.discriminator.save_pretrained(layout.discriminator)  # replicated: every copy is the same
     accelerator.wait_for_everyone()  # the marker says that every process has written its part
     if accelerator.is_main_process:
         layout.finished_marker.write_text(json.dumps({"stage": stage, **_length(config)}))
