@@ -52,6 +52,12 @@ def use_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+LAUNCH_COMMANDS = (
+    "on CPUs with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m gad.cli train ...` (gloo), "
+    "on GPUs with `accelerate launch --multi_gpu --num_processes N -m gad.cli train ...`"
+)
+
+
 def check_launch(num_processes: int, env: Mapping[str, str] | None = None) -> None:
     """Refuse a multi-process launch that accelerate runs as single processes, each training alone and all writing
     the same files. Two launches do that: torchrun or ``accelerate launch --multi_gpu`` on a machine without GPUs
