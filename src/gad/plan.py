@@ -47,10 +47,9 @@ GIB = 2**30
 SHARDINGS = ("fsdp", "zero3", "ddp")
 # Share of a GPU's memory a plan may fill: the rest goes to the CUDA context, NCCL buffers and allocator fragmentation.
 USABLE_FRACTION = 0.9
-# How GADTrainer holds the discriminator today (gad.training.gad_trainer): a full fp32 copy on every process, run
-# without autocast or activation checkpointing, gradients all-reduced by DiscriminatorUpdater. "sharded" plans assume
-# it is wrapped by FSDP / ZeRO-3 like the student (bf16 compute, the student's activation checkpointing).
-TRAINER_DISCRIMINATOR = "replicated"
+# How GADTrainer holds the discriminator (gad.training.gad_trainer): sharded with FSDP2 like the student when the
+# student is under FSDP (discriminator_sharding: auto), else a full copy per process; either way in fp32 without
+# autocast or activation checkpointing, where a "sharded" plan assumes bf16 compute and the student's checkpointing.
 # The released GPT-5-Chat data (ytz20/LMSYS-Chat-GPT-5-Chat-Response), train split: used for the schedule when the
 # recipe's train_file is not there to count.
 PAPER_TRAIN_ROWS = 192_014
@@ -462,10 +461,10 @@ def estimate_memory(
         phases["discriminator update"] = _discriminator_update(config, discriminator, layout, batch)
     if getattr(config, "lora_r", None):
         notes.append("lora_r is set: the plan counts full fine-tuning of the student (an upper bound)")
-    if stage != "seqkd" and (layout.discriminator_sharded != (TRAINER_DISCRIMINATOR == "sharded")):
+    if stage != "seqkd" and layout.discriminator_sharded:
         notes.append(
-            f"GADTrainer holds the discriminator {TRAINER_DISCRIMINATOR} today (a full fp32 copy per GPU, no "
-            "checkpointing): the sharded figures assume it is wrapped by FSDP / ZeRO-3 like the student"
+            "the discriminator update is planned with bf16 compute and activation checkpointing; GADTrainer shards the "
+            "discriminator (FSDP2) but runs it in fp32 without checkpointing, so that phase can be larger than shown"
         )
     return MemoryPlan(stage, layout, student, discriminator, states, persistent, phases, notes)
 
