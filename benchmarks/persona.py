@@ -151,7 +151,7 @@ def persona(args) -> tuple[str, Any, str]:
 def collect_data(args) -> dict:
     """Ask the teacher (served over HTTP, hidden prompt) for the train, validation and test answers, once."""
     from gad.collect import CollectConfig, collect
-    from gad.data import load_prompts
+    from gad.data import load_prompts, write_prompts
     from gad.evaluation.prompt_sets import load_prompt_set
     from gad.models import cache_dir, resolve_model
     from gad.resources import resource
@@ -175,8 +175,7 @@ def collect_data(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="gad-persona-collect-") as tmp:
         with TeacherServer(resolve_model(args.model), system=system, log_path=Path(tmp) / "server.log") as server:
             for split, rows in prompts.items():
-                prompt_file = Path(tmp) / f"{split}-prompts.jsonl"
-                prompt_file.write_text("".join(json.dumps({"id": r.id, "prompt": r.messages}) + "\n" for r in rows))
+                prompt_file = write_prompts(rows, Path(tmp) / f"{split}-prompts.jsonl")
                 config = CollectConfig(
                     prompts=prompt_file, out=out / f"{split}.jsonl", model=teacher, base_url=server.base_url,
                     n=args.test_samples if split == "test" else 1, temperature=0.7, max_tokens=args.max_new_tokens,

@@ -908,3 +908,12 @@ def test_an_oversize_jsonl_line_is_never_held_in_memory(tmp_path):
         tracemalloc.stop()
     assert [r.messages[0]["content"] for r in rows] == ["a", "c"] and "20,000,0" in report.skipped[0]
     assert peak < 2_000_000, peak
+
+
+def test_written_prompts_read_back_unchanged(tmp_path):
+    from gad.data import PromptRow, load_prompts, write_prompts
+
+    rows, _ = load_prompts(
+        write_prompts([PromptRow("a", [{"role": "user", "content": "Ça va ?"}])], tmp_path / "p.jsonl")
+    )
+    assert [(r.id, r.messages) for r in rows] == [("a", [{"role": "user", "content": "Ça va ?"}])]

@@ -362,6 +362,16 @@ def load_prompts(
     return rows, report
 
 
+def write_prompts(rows: list[PromptRow], out: str | Path) -> Path:
+    """Prompt rows as ``{"id", "prompt"}`` JSONL (chat messages), the format ``gad collect`` reads."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps({"id": row.id, "prompt": row.messages}, ensure_ascii=False) + "\n")
+    return out
+
+
 def load_training_rows(
     path: str | Path,
     *,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gad.collect import CollectConfig, collect
-from gad.data import load_prompts
+from gad.data import load_prompts, write_prompts
 from gad.demo.presets import DemoSpec
 from gad.demo.summary import format_table, goal_checks, report_section, style_rates, summary_rows, verdict_lines
 from gad.errors import GadError
@@ -190,11 +190,7 @@ def write_prompt_subset(source: str | Path, count: int, out: Path) -> Path:
     rows, _ = load_prompts(source)
     if len(rows) < count:
         raise GadError(f"{source} has {len(rows)} prompts; the preset asks for {count}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as handle:
-        for row in rows[:count]:
-            handle.write(json.dumps({"id": row.id, "prompt": row.messages}, ensure_ascii=False) + "\n")
-    return out
+    return write_prompts(rows[:count], out)
 
 
 def collect_config(
