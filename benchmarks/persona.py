@@ -410,7 +410,7 @@ def run_seed(args, seed: int) -> dict:
         "last": seqkd.layout.student,
         "steps": {"seqkd": seqkd.global_step},
         "seconds": time.monotonic() - started,
-        "history": seqkd.log_history,
+        "history": _curves(seqkd.log_history, "seqkd", 0),
     }
 
     started = time.monotonic()
@@ -424,7 +424,7 @@ def run_seed(args, seed: int) -> dict:
         "last": gad.layout.student,
         "steps": {"warmup": warmup.global_step, "gad": gad.global_step},
         "seconds": time.monotonic() - started,
-        "history": warmup.log_history + gad.log_history,
+        "history": _curves(warmup.log_history, "warmup", 0) + _curves(gad.log_history, "gad", warmup.global_step),
     }
 
     test_prompts = list({r["id"]: r for r in test_teacher}.values())
@@ -437,7 +437,7 @@ def run_seed(args, seed: int) -> dict:
             "train_seconds": round(method["seconds"], 1),
             "chosen_step": tracker.best and tracker.best["step"],
             "validation": tracker.curve,
-            "curves": _curves(method["history"]),
+            "curves": method["history"],
         }
         for which, folder in folders.items():
             if folder is None:  # no checkpoint passed the length guard
@@ -455,9 +455,11 @@ def run_seed(args, seed: int) -> dict:
     return result
 
 
-def _curves(history: list[dict]) -> list[dict]:
-    keep = ("step", "loss", "sft_loss", "reward", "d_acc", "d_acc_val", "d_loss", "student_len", "teacher_len")
-    return [{k: _round(v) for k, v in h.items() if k in keep} for h in history if "train_runtime" not in h]
+def _curves(history: list[dict], stage: str, offset: int) -> list[dict]:
+    """A stage's logged training metrics, stepped like the validation curve (GAD's gad stage continues warmup's)."""
+    keep = ("loss", "sft_loss", "reward", "d_acc", "d_acc_val", "d_loss", "student_len", "teacher_len")
+    return [{"step": offset + h["step"], "stage": stage, **{k: _round(v) for k, v in h.items() if k in keep}}
+            for h in history if "train_runtime" not in h and "step" in h]  # fmt: skip
 
 
 def _round(value):
@@ -519,7 +521,10 @@ def merge(paths: list[Path]) -> dict:
                     for s in both])  # fmt: skip
     degenerate = paired([s["methods"]["gad"]["chosen"]["degenerate"] - s["methods"]["seqkd"]["chosen"]["degenerate"]
                          for s in both])  # fmt: skip
-    d_val = [h["d_acc_val"] for s in seeds for h in s["methods"]["gad"]["curves"] if "d_acc_val" in h]
+    # d_acc_val at the end of each seed's warmup (its last measurement in that stage), averaged over seeds
+    d_val = [vals[-1] for s in seeds if (vals := [h["d_acc_val"] for h in s["methods"]["gad"]["curves"]
+                                                  if "d_acc_val" in h and h.get("stage") == "warmup"])]  # fmt: skip
+    d_val_mean = _round(statistics.mean(d_val)) if d_val else None
     goals = {
         "c2st_points_closer_to_50": goal(closer, _at_least(closer["mean"], GOAL_C2ST_POINTS) and
                                          _at_least(closer["low"], 1e-12), f">= {GOAL_C2ST_POINTS:g} points, 95 % "
@@ -527,8 +532,8 @@ def merge(paths: list[Path]) -> dict:
         "style_at_least_seqkd": goal(style, _at_least(style["mean"], 0), "GAD - SeqKD persona pass rate >= 0"),
         "no_more_degenerate": goal(degenerate, _at_least(None if degenerate["mean"] is None else -degenerate["mean"],
                                                          0), "GAD - SeqKD degenerate share <= 0"),
-        "d_acc_val_after_warmup": goal(d_val[-1] if d_val else None, bool(d_val) and d_val[-1] >= 0.8,
-                                       ">= 0.8 (logged as d_acc_val)"),
+        "d_acc_val_after_warmup": goal(d_val_mean, _at_least(d_val_mean, 0.8),
+                                       ">= 0.8 at the end of warmup, mean over seeds (logged as d_acc_val)"),
     }  # fmt: skip
     return {"seeds": [s["seed"] for s in seeds], "per_seed": seeds, "table": table,
             "paired": {"c2st_points_closer": closer, "style_pass": style, "degenerate": degenerate},

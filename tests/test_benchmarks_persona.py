@@ -61,6 +61,11 @@ def test_one_seed_then_merge(collected, tmp_path):
             assert 0 <= metrics["c2st"] <= 100 and 0 <= metrics["style_pass"] <= 100
             assert 0 <= metrics["degenerate"] <= 100 and 0 <= metrics["distinct_2"] <= 1
     assert any("d_acc" in row for row in gad["curves"])
+    steps = [row["step"] for row in gad["curves"]]
+    assert steps == sorted(steps) and steps[-1] == 8  # stepped like the validation curve, across both stages
+    # d_acc_val is measured on the validation prompts as often as the students are validated
+    assert [row["step"] for row in gad["curves"] if "d_acc_val" in row] == [2, 4, 6, 8]
+    assert merged_d_val(benchmark, out / "seed0.json") == [row for row in gad["curves"] if "d_acc_val" in row][1]["d_acc_val"]
     assert (out / "seed0.html").is_file() and "Persona benchmark, seed 0" in (out / "seed0.html").read_text()
 
     # a second seed file (the same numbers, another seed) is enough to check the paired arithmetic
@@ -76,6 +81,11 @@ def test_one_seed_then_merge(collected, tmp_path):
     if closer["per_seed"]:
         assert closer["low"] == closer["mean"] == closer["high"]  # identical seeds: a zero-width interval
     assert all(isinstance(g["met"], bool) for g in merged["goals"].values())
+
+
+def merged_d_val(benchmark, seed_file) -> float:
+    """The d_acc_val goal's measured value for one seed: its last measurement in warmup."""
+    return benchmark.merge([seed_file])["goals"]["d_acc_val_after_warmup"]["value"]
 
 
 def test_paired_interval_uses_the_t_distribution():
