@@ -47,7 +47,6 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
-from typing import Any
 
 from _common import RESULTS, ROOT, goal, print_goals, write_result
 
@@ -104,6 +103,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="a stage setting as on `gad train` (KEY=VALUE for every stage that has it, "
                      "gad.KEY=VALUE for one), e.g. discriminator_updates=2")  # fmt: skip
+    run.add_argument("--oracle-reward", action="store_true",
+                     help="also run the diagnosis: GAD's adversarial stage from the same warmup with the persona check "
+                     "as the reward (reward_source: style_regex) instead of the discriminator; what RL reaches at this "
+                     "step count with a perfect reward (not GAD)")  # fmt: skip
     run.add_argument("--eval-every", type=int, default=12, help="validation every N steps, both methods")
     run.add_argument("--eval-samples", type=int, default=2, help="student answers per test prompt")
     run.add_argument("--temperature", type=float, default=0.8, help="rollout and evaluation sampling temperature")
@@ -125,6 +128,12 @@ def _teacher_options(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=40, help="answer length cap (teacher and student)")
 
 
+# The seed report's validation plots, as gad.evaluation.report.plot_curves takes them.
+VALIDATION_CURVES = (
+    ("Validation C2ST (50 % = indistinguishable)", "val_c2st", ("c2st",), "accuracy (%)"),
+    ("Validation persona pass rate", "val_style", ("style_pass",), "% of answers"),
+    ("Validation length over the teacher's", "val_len", ("len_ratio",), "ratio"),
+)
 # --quick: the first prompts of each split, and shorter everything (the shipped data stays the same).
 QUICK_PROMPTS = {"train": 24, "val": 8, "test": 8}
 QUICK_ARGS = {"seqkd_epochs": 1.0, "warmup_epochs": 1.0, "gad_epochs": 1.0, "eval_every": 3, "eval_samples": 1,
@@ -135,18 +144,28 @@ QUICK_ARGS = {"seqkd_epochs": 1.0, "warmup_epochs": 1.0, "gad_epochs": 1.0, "eva
 # persona and data
 
 
-def persona(args) -> tuple[str, Any, str]:
-    """(hidden system prompt, checker: text -> bool, what the checker checks)."""
+def persona(args) -> tuple[str, str, str]:
+    """(hidden system prompt, the persona check as a regular expression, what it checks). The regex is both the
+    evaluation's check (``re.search``) and the oracle reward's (``reward_source: style_regex``)."""
     from gad.demo.presets import load_preset
-    from gad.metrics import style_pass
 
     spec = load_preset("default")
     system = args.persona_file.read_text(encoding="utf-8") if args.persona_file else spec.teacher_system
     regex = getattr(args, "style_regex", None)
     if regex:
-        compiled = re.compile(regex, re.IGNORECASE)
-        return system, lambda text: bool(compiled.search(text)), f"regex {regex}"
-    return system, lambda text: style_pass(text, spec.style_starts_with, spec.style_contains), spec.style_description
+        return system, f"(?i){regex}", f"regex {regex}"
+    return system, style_regex(spec.style_starts_with, spec.style_contains), spec.style_description
+
+
+def style_regex(starts_with: str | None, contains: str | None) -> str:
+    """The regex twin of :func:`gad.metrics.style_pass` (case-insensitive; starts with, after blanks; contains)."""
+    ahead = f"(?=.*{re.escape(contains)})" if contains else ""
+    return rf"(?is)^\s*{ahead}{re.escape(starts_with or '')}"
+
+
+def checker_for(regex: str):
+    compiled = re.compile(regex)
+    return lambda text: compiled.search(text) is not None
 
 
 def collect_data(args) -> dict:
@@ -343,8 +362,9 @@ def validation_tracker(method: str, val_teacher: list[dict], checker, args, seed
     return ValidationTracker()
 
 
-def stage_configs(args, seed: int, model_dir: str, disc_dir: str, train_file: Path, work: Path) -> dict:
-    """The three stages' configs, built from a recipe the way `gad train` builds them (``--set`` as its overrides)."""
+def stage_configs(args, seed: int, model_dir: str, disc_dir: str, train_file: Path, work: Path, regex: str) -> dict:
+    """The stages' configs, built from a recipe the way `gad train` builds them (``--set`` as its overrides): seqkd,
+    warmup, gad, and with ``--oracle-reward`` "oracle", a gad stage from the same warmup rewarded by ``regex``."""
     from gad.training.recipe import parse_overrides, resolve_stage
 
     adversarial = dict(per_device_train_batch_size=args.prompts_per_step * args.generations,
@@ -367,7 +387,12 @@ def stage_configs(args, seed: int, model_dir: str, disc_dir: str, train_file: Pa
     }  # fmt: skip
     overrides = parse_overrides(args.set)
     pending = {str(work / "warmup")}  # written by the warmup stage of this run
-    return {stage: resolve_stage(recipe, stage, overrides, pending=pending) for stage in ("seqkd", "warmup", "gad")}
+    configs = {stage: resolve_stage(recipe, stage, overrides, pending=pending) for stage in ("seqkd", "warmup", "gad")}
+    if args.oracle_reward:
+        oracle = {**recipe["gad"], "output_dir": str(work / "oracle-rl"), "reward_source": "style_regex",
+                  "style_regex": regex}  # fmt: skip
+        configs["oracle"] = resolve_stage({**recipe, "gad": oracle}, "gad", overrides, pending=pending)
+    return configs
 
 
 def discriminator_folder(args, model_dir: str) -> str:
@@ -386,7 +411,8 @@ def run_seed(args, seed: int) -> dict:
     from gad.models import resolve_model
     from gad.training.stages import run_stage
 
-    _, checker, checker_text = persona(args)
+    _, regex, checker_text = persona(args)
+    checker = checker_for(regex)
     limits = QUICK_PROMPTS if args.quick else {}
     val_teacher = load_split(args.data_dir, "val", limits.get("val"))
     test_teacher = load_split(args.data_dir, "test", limits.get("test"))
@@ -398,7 +424,7 @@ def run_seed(args, seed: int) -> dict:
     train_file = work / "train.jsonl"  # the collected file, or its first prompts with --quick
     lines = (args.data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()
     train_file.write_text("".join(line + "\n" for line in lines[: limits.get("train")]), encoding="utf-8")
-    configs = stage_configs(args, seed, model_dir, discriminator_folder(args, model_dir), train_file, work)
+    configs = stage_configs(args, seed, model_dir, discriminator_folder(args, model_dir), train_file, work, regex)
 
     methods: dict[str, dict] = {}
     started = time.monotonic()
@@ -417,6 +443,8 @@ def run_seed(args, seed: int) -> dict:
     tracker = validation_tracker("gad", val_teacher, checker, args, seed, work / "gad-best")
     tracker.start_stage("warmup", 0)
     warmup = run_stage("warmup", configs["warmup"], overwrite=True, callbacks=[tracker])
+    warmup_seconds, warmup_curve = time.monotonic() - started, list(tracker.curve)
+    warmup_history = _curves(warmup.log_history, "warmup", 0)
     tracker.start_stage("gad", warmup.global_step)
     gad = run_stage("gad", configs["gad"], overwrite=True, callbacks=[tracker])
     methods["gad"] = {
@@ -424,8 +452,21 @@ def run_seed(args, seed: int) -> dict:
         "last": gad.layout.student,
         "steps": {"warmup": warmup.global_step, "gad": gad.global_step},
         "seconds": time.monotonic() - started,
-        "history": _curves(warmup.log_history, "warmup", 0) + _curves(gad.log_history, "gad", warmup.global_step),
+        "history": warmup_history + _curves(gad.log_history, "gad", warmup.global_step),
     }
+    if "oracle" in configs:  # the diagnosis: the same warmup, the persona check as the reward
+        started = time.monotonic()
+        tracker = validation_tracker("oracle_rl", val_teacher, checker, args, seed, work / "oracle_rl-best")
+        tracker.curve = list(warmup_curve)  # drawn, not chosen from: its checkpoint is chosen among its RL steps
+        tracker.start_stage("oracle_rl", warmup.global_step)
+        oracle = run_stage("gad", configs["oracle"], overwrite=True, callbacks=[tracker])
+        methods["oracle_rl"] = {
+            "tracker": tracker,
+            "last": oracle.layout.student,
+            "steps": {"warmup": warmup.global_step, "oracle_rl": oracle.global_step},
+            "seconds": warmup_seconds + time.monotonic() - started,
+            "history": warmup_history + _curves(oracle.log_history, "oracle_rl", warmup.global_step),
+        }
 
     test_prompts = list({r["id"]: r for r in test_teacher}.values())
     result = {"seed": seed, "checker": checker_text, "methods": {}}
@@ -467,8 +508,9 @@ def _round(value):
 
 
 def report(work: Path, result: dict, path: Path) -> None:
-    """The seed's HTML report: training curves of its three stages, under a table of its test figures."""
-    from gad.evaluation.report import Section, Table, build_report, fmt
+    """The seed's HTML report: its test figures, the validation curves of every method, and the training curves of
+    its stages."""
+    from gad.evaluation.report import Section, Table, build_report, fmt, plot_curves
 
     header = ["method", "checkpoint", "step", "C2ST", "style %", "degenerate %", "distinct-2", "ROUGE-L", "len x"]
     rows = []
@@ -481,7 +523,9 @@ def report(work: Path, result: dict, path: Path) -> None:
                           ("len_ratio", 2)))])  # fmt: skip
     section = Section(f"Persona benchmark, seed {result['seed']}",
                       paragraphs=[f"Persona check: {result['checker']}. C2ST 50 % = indistinguishable."],
-                      tables=[Table("Test set (out of distribution)", header, rows)])  # fmt: skip
+                      tables=[Table("Test set (out of distribution)", header, rows)],
+                      plots=plot_curves({name: {"validation": entry["validation"]}
+                                         for name, entry in result["methods"].items()}, VALIDATION_CURVES))  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     build_report([work], path, title="Persona benchmark", summary=section)
 
@@ -505,22 +549,18 @@ def merge(paths: list[Path]) -> dict:
     seeds = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
     if not seeds:
         raise SystemExit("persona merge: no seed files (run `persona.py run --seeds ...` first)")
+    methods = [m for m in ("seqkd", "gad", "oracle_rl") if any(m in s["methods"] for s in seeds)]
     table: dict[str, dict] = {}
-    for name in ("seqkd", "gad"):
+    for name in methods:
         for which in ("chosen", "last"):
-            runs = [s["methods"][name][which] for s in seeds if s["methods"][name][which]]
+            runs = [s["methods"][name][which] for s in seeds if (s["methods"].get(name) or {}).get(which)]
             table[f"{name}/{which}"] = {
                 key: {"per_seed": [r[key] for r in runs], "mean": _round(statistics.mean(r[key] for r in runs))}
                 for key in ("c2st", "style_pass", "degenerate", "distinct_2", "rouge_l", "len_ratio")
                 if runs
             }
-    both = [s for s in seeds if s["methods"]["gad"]["chosen"] and s["methods"]["seqkd"]["chosen"]]
-    closer = paired([abs(s["methods"]["seqkd"]["chosen"]["c2st"] - 50) - abs(s["methods"]["gad"]["chosen"]["c2st"] - 50)
-                     for s in both])  # fmt: skip
-    style = paired([s["methods"]["gad"]["chosen"]["style_pass"] - s["methods"]["seqkd"]["chosen"]["style_pass"]
-                    for s in both])  # fmt: skip
-    degenerate = paired([s["methods"]["gad"]["chosen"]["degenerate"] - s["methods"]["seqkd"]["chosen"]["degenerate"]
-                         for s in both])  # fmt: skip
+    gad = against_seqkd(seeds, "gad")
+    closer, style, degenerate = gad["c2st_points_closer"], gad["style_pass"], gad["degenerate"]
     # d_acc_val at the end of each seed's warmup (its last measurement in that stage), averaged over seeds
     d_val = [vals[-1] for s in seeds if (vals := [h["d_acc_val"] for h in s["methods"]["gad"]["curves"]
                                                   if "d_acc_val" in h and h.get("stage") == "warmup"])]  # fmt: skip
@@ -535,9 +575,21 @@ def merge(paths: list[Path]) -> dict:
         "d_acc_val_after_warmup": goal(d_val_mean, _at_least(d_val_mean, 0.8),
                                        ">= 0.8 at the end of warmup, mean over seeds (logged as d_acc_val)"),
     }  # fmt: skip
-    return {"seeds": [s["seed"] for s in seeds], "per_seed": seeds, "table": table,
-            "paired": {"c2st_points_closer": closer, "style_pass": style, "degenerate": degenerate},
-            "goals": goals}  # fmt: skip
+    merged = {"seeds": [s["seed"] for s in seeds], "per_seed": seeds, "table": table, "paired": gad, "goals": goals}
+    if "oracle_rl" in methods:  # the diagnosis of item 4: what RL reaches with the persona check as its reward
+        merged["diagnosis_oracle_rl"] = against_seqkd(seeds, "oracle_rl")
+    return merged
+
+
+def against_seqkd(seeds: list[dict], method: str) -> dict:
+    """Paired differences (method - SeqKD, chosen checkpoints, seeds that have both) with their 95 % intervals."""
+    both = [(s["methods"][method]["chosen"], s["methods"]["seqkd"]["chosen"]) for s in seeds
+            if (s["methods"].get(method) or {}).get("chosen") and s["methods"]["seqkd"]["chosen"]]  # fmt: skip
+    return {
+        "c2st_points_closer": paired([abs(base["c2st"] - 50) - abs(m["c2st"] - 50) for m, base in both]),
+        "style_pass": paired([m["style_pass"] - base["style_pass"] for m, base in both]),
+        "degenerate": paired([m["degenerate"] - base["degenerate"] for m, base in both]),
+    }
 
 
 def _at_least(value: float | None, bound: float) -> bool:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pytest
 from conftest import REPO
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 def _load_benchmark():
@@ -15,6 +18,9 @@ def _load_benchmark():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+_BENCHMARK = _load_benchmark()
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +48,8 @@ def test_one_seed_then_merge(collected, tmp_path):
     common = ["--model", "builtin:tiny-llama", "--data-dir", str(collected), "--max-new-tokens", "6",
               "--style-regex", "e", "--discriminator", "first:2", "--seqkd-batch", "4", "--prompts-per-step", "2",
               "--generations", "2", "--seqkd-epochs", "2", "--gad-epochs", "1", "--eval-every", "2", "--eval-samples",
-              "2", "--c2st-splits", "2", "--d-only-steps", "1", "--set", "gad.discriminator_updates=2"]  # fmt: skip
+              "2", "--c2st-splits", "2", "--d-only-steps", "1", "--set", "gad.discriminator_updates=2",
+              "--oracle-reward"]  # fmt: skip
     written = benchmark.main(["run", "--seeds", "0", "--out-dir", str(out), *common])
     saved = json.loads((out / "seed0.json").read_text())
     assert saved == written[0] and "persona.py run" in saved["command"] and saved["environment"]["versions"]["torch"]
@@ -52,7 +59,12 @@ def test_one_seed_then_merge(collected, tmp_path):
     assert [p["step"] for p in seqkd["validation"]] == [2, 4]
     assert [p["stage"] for p in gad["validation"]] == ["warmup", "warmup", "gad", "gad"]
     assert [p["step"] for p in gad["validation"]] == [2, 4, 6, 8]  # GAD's steps continue across its two stages
-    for entry in (seqkd, gad):
+    oracle = saved["methods"]["oracle_rl"]  # the diagnosis: GAD's warmup, then RL on the persona check
+    assert oracle["steps"] == {"warmup": 4, "oracle_rl": 4}
+    assert [p["stage"] for p in oracle["validation"]] == ["warmup", "warmup", "oracle_rl", "oracle_rl"]
+    assert oracle["validation"][:2] == gad["validation"][:2]  # the same warmup, measured once
+    assert oracle["chosen_step"] is None or oracle["chosen_step"] > 4  # chosen among its own RL steps
+    for entry in (seqkd, gad, oracle):
         for which in ("last", "chosen"):
             if entry[which] is None:  # nothing passed the length guard: chosen is None, and so is its step
                 assert which == "chosen" and entry["chosen_step"] is None
@@ -65,8 +77,10 @@ def test_one_seed_then_merge(collected, tmp_path):
     assert steps == sorted(steps) and steps[-1] == 8  # stepped like the validation curve, across both stages
     # d_acc_val is measured on the validation prompts as often as the students are validated
     assert [row["step"] for row in gad["curves"] if "d_acc_val" in row] == [2, 4, 6, 8]
-    assert merged_d_val(benchmark, out / "seed0.json") == [row for row in gad["curves"] if "d_acc_val" in row][1]["d_acc_val"]
-    assert (out / "seed0.html").is_file() and "Persona benchmark, seed 0" in (out / "seed0.html").read_text()
+    warmup_end = [row for row in gad["curves"] if "d_acc_val" in row and row["stage"] == "warmup"][-1]
+    assert merged_d_val(benchmark, out / "seed0.json") == warmup_end["d_acc_val"]
+    page = (out / "seed0.html").read_text()
+    assert "Persona benchmark, seed 0" in page and 'alt="Validation C2ST' in page
 
     # a second seed file (the same numbers, another seed) is enough to check the paired arithmetic
     twin = {**saved, "seed": 1}
@@ -81,6 +95,8 @@ def test_one_seed_then_merge(collected, tmp_path):
     if closer["per_seed"]:
         assert closer["low"] == closer["mean"] == closer["high"]  # identical seeds: a zero-width interval
     assert all(isinstance(g["met"], bool) for g in merged["goals"].values())
+    assert set(merged["diagnosis_oracle_rl"]) == {"c2st_points_closer", "style_pass", "degenerate"}
+    assert "oracle_rl/last" in merged["table"]
 
 
 def merged_d_val(benchmark, seed_file) -> float:
@@ -93,3 +109,13 @@ def test_paired_interval_uses_the_t_distribution():
     assert paired["mean"] == 3.0
     assert paired["high"] - paired["mean"] == pytest.approx(4.303 * 2.0 / 3**0.5, rel=1e-3)
     assert _load_benchmark().paired([2.0])["low"] is None
+
+
+@given(st.text(alphabet="ahoy matey AHOYxz\n\t.!", max_size=30))
+def test_style_regex_agrees_with_style_pass(text):
+    from gad.metrics import style_pass
+
+    benchmark = _BENCHMARK
+    for starts, contains in (("Ahoy", "matey"), ("Ahoy", None), (None, "matey"), (None, None)):
+        found = re.search(benchmark.style_regex(starts, contains), text) is not None
+        assert found == style_pass(text, starts, contains), (starts, contains)

@@ -109,3 +109,20 @@ def test_report_of_nothing_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_summary_plots_come_first_and_validation_accuracy_is_drawn(tmp_path):
+    from gad.evaluation.report import Section, build_report, plot_curves
+
+    run = tmp_path / "run"
+    # a run that logged only d_acc_val still gets its discriminator-accuracy plot
+    write_jsonl(run / "warmup" / "metrics.jsonl", [{"step": s, "d_acc_val": 0.5 + 0.1 * s} for s in range(1, 4)])
+    validation = {name: {"validation": [{"step": 2, "c2st": c2st}]} for name, c2st in (("seqkd", 70.0), ("gad", 60))}
+    plots = plot_curves(validation, (("Validation C2ST", "val_c2st", ("c2st",), "accuracy (%)"),))
+    assert [stem for _, stem, _ in plots] == ["val_c2st"]
+    assert plot_curves(validation, (("nothing", "none", ("style_pass",), "%"),)) == []  # no data, no plot
+    page, markdown = build_report([run], tmp_path / "r.html", summary=Section("Summary", plots=plots))
+    html = page.read_text()
+    assert html.index('alt="Validation C2ST"') < html.index('alt="Discriminator accuracy: fresh samples, validation')
+    assert (tmp_path / "r_files" / "val_c2st.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "r_files/val_c2st.png" in markdown.read_text()

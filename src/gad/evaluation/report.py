@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 CURVES = (
     ("Reward (oscillates around 0 by design)", "reward", ("reward",), "reward"),
     ("Discriminator loss", "d_loss", ("d_loss",), "loss"),
-    ("Discriminator accuracy", "d_acc", ("d_acc",), "accuracy"),
+    ("Discriminator accuracy: fresh samples, validation prompts", "d_acc", ("d_acc", "d_acc_val"), "accuracy"),
     ("Discriminator scores", "d_scores", ("d_score_gap", "d_teacher_score", "d_student_score"), "score"),
     ("KL to the reference policy", "kl", ("kl",), "KL"),
     ("Response length: student vs teacher", "length", ("student_len", "teacher_len"), "tokens"),
@@ -142,15 +142,18 @@ def _label(path: Path) -> str:
 # --- plots -----------------------------------------------------------------------------------------------------------
 
 
-def plot_curves(runs: dict[str, dict[str, list[dict[str, Any]]]]) -> list[tuple[str, str, bytes]]:
-    """``(title, stem, png bytes)`` per curve group that has data; one line per run, stage and metric."""
+def plot_curves(
+    runs: dict[str, dict[str, list[dict[str, Any]]]], curves: tuple[tuple[str, str, tuple[str, ...], str], ...] = CURVES
+) -> list[tuple[str, str, bytes]]:
+    """``(title, stem, png bytes)`` per curve group of ``curves`` (title, stem, metric keys, y label) that has data;
+    one line per run, stage and metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plots = []
-    for title, stem, keys, ylabel in CURVES:
+    for title, stem, keys, ylabel in curves:
         series = []
         for run, stages in runs.items():
             for stage, rows in stages.items():
@@ -193,12 +196,14 @@ class Table:
 
 @dataclass
 class Section:
-    """A section a caller puts at the top of the report (the demo's summary): paragraphs, tables, a bullet list."""
+    """A section a caller puts at the top of the report (the demo's summary): paragraphs, tables, a bullet list, and
+    plots (``(title, stem, png)`` as :func:`plot_curves` makes them) drawn first among the report's curves."""
 
     title: str
     paragraphs: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
+    plots: list[tuple[str, str, bytes]] = field(default_factory=list)
 
     def html(self) -> str:
         parts = [f"<h2>{html.escape(self.title)}</h2>", *(f"<p>{html.escape(p)}</p>" for p in self.paragraphs)]
@@ -388,7 +393,7 @@ def build_report(
         html_parts.append(summary.html())
         md_parts.append(summary.markdown())
 
-    plots = plot_curves(inputs.runs)
+    plots = (summary.plots if summary is not None else []) + plot_curves(inputs.runs)
     if plots:
         html_parts.append("<h2>Training curves</h2>")
         md_parts.append("## Training curves\n")
