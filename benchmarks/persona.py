@@ -48,13 +48,12 @@ import time
 import zlib
 from pathlib import Path
 
-from _common import RESULTS, ROOT, goal, print_goals, write_result
+from _common import RESULTS, ROOT, goal, paired_interval, print_goals, write_result
 
 DATA = ROOT / "benchmarks" / "data" / "persona"
 OUT_DIR = RESULTS / "persona"
 GOAL_C2ST_POINTS = 3.0
 LENGTH_GUARD = (0.5, 2.0)
-T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 log = logging.getLogger("persona")
 
@@ -534,17 +533,6 @@ def report(work: Path, result: dict, path: Path) -> None:
 # merge
 
 
-def paired(values: list[float]) -> dict:
-    """Mean and 95 % interval (t distribution) of per-seed paired differences (all None without a pair)."""
-    if not values:
-        return {"mean": None, "low": None, "high": None, "per_seed": []}
-    mean = statistics.mean(values)
-    if len(values) < 2:
-        return {"mean": _round(mean), "low": None, "high": None, "per_seed": values}
-    half = T_95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return {"mean": _round(mean), "low": _round(mean - half), "high": _round(mean + half), "per_seed": values}
-
-
 def merge(paths: list[Path]) -> dict:
     seeds = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
     if not seeds:
@@ -586,9 +574,9 @@ def against_seqkd(seeds: list[dict], method: str) -> dict:
     both = [(s["methods"][method]["chosen"], s["methods"]["seqkd"]["chosen"]) for s in seeds
             if (s["methods"].get(method) or {}).get("chosen") and s["methods"]["seqkd"]["chosen"]]  # fmt: skip
     return {
-        "c2st_points_closer": paired([abs(base["c2st"] - 50) - abs(m["c2st"] - 50) for m, base in both]),
-        "style_pass": paired([m["style_pass"] - base["style_pass"] for m, base in both]),
-        "degenerate": paired([m["degenerate"] - base["degenerate"] for m, base in both]),
+        "c2st_points_closer": paired_interval([abs(base["c2st"] - 50) - abs(m["c2st"] - 50) for m, base in both]),
+        "style_pass": paired_interval([m["style_pass"] - base["style_pass"] for m, base in both]),
+        "degenerate": paired_interval([m["degenerate"] - base["degenerate"] for m, base in both]),
     }
 
 

@@ -104,13 +104,6 @@ def merged_d_val(benchmark, seed_file) -> float:
     return benchmark.merge([seed_file])["goals"]["d_acc_val_after_warmup"]["value"]
 
 
-def test_paired_interval_uses_the_t_distribution():
-    paired = _load_benchmark().paired([1.0, 3.0, 5.0])
-    assert paired["mean"] == 3.0
-    assert paired["high"] - paired["mean"] == pytest.approx(4.303 * 2.0 / 3**0.5, rel=1e-3)
-    assert _load_benchmark().paired([2.0])["low"] is None
-
-
 @given(st.text(alphabet="ahoy matey AHOYxz\n\t.!", max_size=30))
 def test_style_regex_agrees_with_style_pass(text):
     from gad.metrics import style_pass
