@@ -111,7 +111,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--temperature", type=float, default=0.8, help="rollout and evaluation sampling temperature")
     run.add_argument("--c2st-splits", type=int, default=5, help="random halvings of the prompts for C2ST")
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    run.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    run.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep each seed's models in DIR/seedN (default: a temporary folder, removed)",
+    )
     run.add_argument("--out-dir", type=Path, default=OUT_DIR, help="one seedN.json (and seedN.html) per seed")
 
     merge = commands.add_parser("merge", help="the table over seeds, with paired differences")
@@ -404,7 +409,7 @@ def discriminator_folder(args, model_dir: str) -> str:
     return resolve_model(args.discriminator)
 
 
-def run_seed(args, seed: int) -> dict:
+def run_seed(args, seed: int, work: Path) -> dict:
     """SeqKD and GAD from the same start, on the same answers; the chosen and the last students on the test set."""
     from gad.evaluation.generate import load_model
     from gad.models import resolve_model
@@ -416,10 +421,6 @@ def run_seed(args, seed: int) -> dict:
     val_teacher = load_split(args.data_dir, "val", limits.get("val"))
     test_teacher = load_split(args.data_dir, "test", limits.get("test"))
     model_dir = resolve_model(args.model)
-    work = args.workdir or Path(tempfile.gettempdir()) / f"gad-persona-seed{seed}"
-    if args.workdir is None:
-        shutil.rmtree(work, ignore_errors=True)  # what a killed run left
-    work.mkdir(parents=True, exist_ok=True)
     train_file = work / "train.jsonl"  # the collected file, or its first prompts with --quick
     lines = (args.data_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()
     train_file.write_text("".join(line + "\n" for line in lines[: limits.get("train")]), encoding="utf-8")
@@ -621,11 +622,14 @@ def main(argv=None) -> dict:
     written = {}
     for seed in args.seeds:
         started = time.monotonic()
+        # A scratch folder of its own (two runs at once must not share one); it holds several copies of the model.
+        work = args.workdir / f"seed{seed}" if args.workdir else Path(tempfile.mkdtemp(prefix=f"gad-persona-{seed}-"))
+        work.mkdir(parents=True, exist_ok=True)
         try:
-            result = run_seed(args, seed)
+            result = run_seed(args, seed, work)
         finally:
-            if args.workdir is None:  # the scratch folder holds several copies of the model
-                shutil.rmtree(Path(tempfile.gettempdir()) / f"gad-persona-seed{seed}", ignore_errors=True)
+            if args.workdir is None:
+                shutil.rmtree(work, ignore_errors=True)
         result["wall_seconds"] = round(time.monotonic() - started, 1)
         result["goals"] = {}  # the goals are judged over seeds, by `merge`
         # a quick run is never merged with full ones (merge reads seed*.json)

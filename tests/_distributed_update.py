@@ -24,9 +24,15 @@ SCENARIOS: dict[str, tuple[str | None, list[list[tuple[int, int]]]]] = {
     "idle": ("reuse", [[], [(0, 2), (1, 1)]]),  # one process without a single pair
     "fused": ("fused", [[(0, 1), (1, 4)], [(2, 2)]]),
 }
-# Also with the discriminator sharded over the processes (FSDP2): unclipped (a wrongly scaled gradient shows), and
-# clipped (the gradient norm is then a collective over the shards). Name: (scenario, max_grad_norm).
-SHARDED = {"sharded": ("uneven", None), "sharded-clipped": ("uneven", 0.2)}
+# Also with the discriminator sharded over the processes (FSDP2): unclipped (a wrongly scaled gradient shows),
+# clipped (the gradient norm is then a collective over the shards), and with activation checkpointing (enabled before
+# sharding: the recomputation runs on the weights FSDP gathers again for the backward pass). Name: (scenario,
+# max_grad_norm, checkpointing).
+SHARDED = {
+    "sharded": ("uneven", None, False),
+    "sharded-clipped": ("uneven", 0.2, False),
+    "sharded-checkpointed": ("uneven", None, True),
+}
 
 
 def pairs(share: list[tuple[int, int]]) -> tuple[list, list[str], list[str], list[int]]:
@@ -75,11 +81,14 @@ def run_update(
     *,
     sharded: bool = False,
     max_grad_norm: float | None = None,
+    checkpointing: bool = False,
 ) -> dict:
     """One step from a freshly loaded discriminator (the same weights in every process); what it did."""
     from gad.training.discriminator import Discriminator, DiscriminatorUpdater
 
     disc = Discriminator.from_pretrained(model_dir, seed=0)
+    if checkpointing:
+        disc.enable_activation_checkpointing()
     if sharded:
         shard(disc, accelerator)
     updater = DiscriminatorUpdater(
@@ -115,9 +124,12 @@ def main(argv: list[str]) -> None:
     for name, (mode, shares) in SCENARIOS.items():
         result = run_update(model_dir, shares[rank], mode, accelerator)
         torch.save(result, out / f"{name}-rank{rank}.pt")
-    for name, (scenario, max_grad_norm) in SHARDED.items():
+    for name, (scenario, max_grad_norm, checkpointing) in SHARDED.items():
         mode, shares = SCENARIOS[scenario]
-        result = run_update(model_dir, shares[rank], mode, accelerator, sharded=True, max_grad_norm=max_grad_norm)
+        result = run_update(
+            model_dir, shares[rank], mode, accelerator, sharded=True, max_grad_norm=max_grad_norm,
+            checkpointing=checkpointing,
+        )  # fmt: skip
         torch.save(result, out / f"{name}-rank{rank}.pt")
     accelerator.end_training()
 

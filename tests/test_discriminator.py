@@ -253,6 +253,105 @@ def test_top_layer_count_is_checked(tiny_model_dir):
     assert all(p.requires_grad for p in disc.parameters())
 
 
+# -- precision and activation checkpointing: discriminator_bf16, discriminator_activation_checkpointing -------------
+
+
+def _sgd_step(disc, *pairs, scores=None, batch_size: int = 2) -> DiscriminatorUpdater:
+    """One update with plain SGD at lr 1, unclipped: each parameter moves by its gradient, compared directly."""
+    updater = DiscriminatorUpdater(disc, learning_rate=1.0, max_grad_norm=None, batch_size=batch_size)
+    updater.optimizer = torch.optim.SGD(updater.trainable, lr=1.0)
+    updater.step(*pairs, scores)
+    return updater
+
+
+def _two_samples_per_prompt():
+    prompts, teacher, student = _pairs(NOUNS[:3])
+    return prompts, teacher, student + [s.upper() for s in student], [0, 1, 2, 0, 1, 2]
+
+
+def test_bf16_computes_in_bf16_and_keeps_fp32_weights_gradients_and_optimizer_states(tiny_model_dir):
+    prompts, teacher, student, group = _two_samples_per_prompt()
+    fp32 = Discriminator.from_pretrained(tiny_model_dir, seed=6)
+    bf16 = copy.deepcopy(fp32)
+    bf16.use_bf16()
+    seen: list[torch.dtype] = []
+    for layer in bf16.model.model.layers:  # what each layer's MLP computes in: the scoring and the update's chunks
+        layer.mlp.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    grads: set[torch.dtype] = set()
+    for parameter in bf16.parameters():
+        parameter.register_post_accumulate_grad_hook(lambda p: grads.add(p.grad.dtype))
+
+    scores = bf16.score(prompts, teacher)
+    assert scores.dtype == torch.float32 and seen and set(seen) == {torch.bfloat16}
+    assert torch.allclose(scores, fp32.score(prompts, teacher), rtol=0.05, atol=0.02)  # bf16's ~3 digits
+    before = {name: p.detach().clone() for name, p in bf16.named_parameters()}
+    _sgd_step(bf16, prompts, teacher, student, group)
+    _sgd_step(fp32, prompts, teacher, student, group)
+    assert grads == {torch.float32} and all(p.dtype == torch.float32 for p in bf16.parameters())
+    # The bf16 step's gradient (the parameter change) is the fp32 one up to bf16's rounding.
+    for (name, after), reference in zip(bf16.named_parameters(), fp32.parameters(), strict=True):
+        step, expected = after - before[name], reference - before[name]
+        if expected.abs().max() > 1e-6:  # a parameter the loss moves
+            cosine = torch.nn.functional.cosine_similarity(step.flatten(), expected.flatten(), dim=0)
+            assert cosine > 0.98, (name, cosine.item())
+
+    adamw = DiscriminatorUpdater(bf16, learning_rate=1e-3, batch_size=2)  # AdamW, as the trainer builds it
+    adamw.step(prompts, teacher, student, group)
+    states = [value for state in adamw.optimizer.state.values() for value in state.values() if value.dim()]
+    assert states and all(value.dtype == torch.float32 for value in states)
+    fused = bf16.score_with_grad([prompts[g] for g in group], student)  # the fused path: bf16 inside, fp32 out
+    assert fused.dtype == torch.float32 and fused.requires_grad
+    bf16.use_bf16(False)
+    seen.clear()
+    bf16.score(prompts, teacher)
+    assert set(seen) == {torch.float32}
+
+
+@pytest.mark.parametrize(("fused", "top_layers"), [(False, None), (True, 1)])
+def test_activation_checkpointing_recomputes_the_layers_and_gives_the_same_gradients(tiny_model_dir, fused, top_layers):
+    prompts, teacher, student, group = _two_samples_per_prompt()
+    plain = Discriminator.from_pretrained(tiny_model_dir, seed=7)
+    plain.train_top_layers(top_layers)
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.enable_activation_checkpointing()
+    assert checkpointed.model.is_activation_checkpointing and not plain.model.is_activation_checkpointing
+    calls = {"plain": 0, "checkpointed": 0}
+    for name, disc in (("plain", plain), ("checkpointed", checkpointed)):
+        # Inside the layer, so it runs again when the backward pass recomputes the layer; a pre-hook, since the
+        # recomputation stops as soon as it has what the backward pass needs, before the MLP returns.
+        mlp = disc.model.model.layers[-1].mlp
+
+        def count(module, args, name=name):
+            calls[name] += 1
+
+        mlp.register_forward_pre_hook(count)
+    before = {name: p.detach().clone() for name, p in checkpointed.named_parameters()}
+
+    for disc in (plain, checkpointed):
+        scores = disc.score_with_grad([prompts[g] for g in group], student, batch_size=2) if fused else None
+        _sgd_step(disc, prompts, teacher, student, group, scores=scores)
+    # Each chunk that back-propagates (2 teacher + 3 student chunks of 2 sequences, or the fused graph's 3 student
+    # chunks and 2 teacher ones) runs the layer once more.
+    assert calls["checkpointed"] == calls["plain"] + 5
+    for (name, x), y in zip(checkpointed.named_parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(x, y, rtol=0, atol=1e-6), name
+    assert any(not torch.equal(before[name], p) for name, p in checkpointed.named_parameters())
+    assert torch.equal(checkpointed.score(prompts, teacher), plain.score(prompts, teacher))  # scoring: as before
+
+
+def test_checkpointing_is_enabled_before_sharding_and_only_where_the_model_supports_it(tiny_model_dir, monkeypatch):
+    from transformers import LlamaForSequenceClassification
+
+    disc = Discriminator.from_pretrained(tiny_model_dir)
+    monkeypatch.setattr(LlamaForSequenceClassification, "supports_gradient_checkpointing", False)
+    with pytest.raises(GadError, match=r"^discriminator_activation_checkpointing: .* does not support"):
+        disc.enable_activation_checkpointing()
+    monkeypatch.undo()
+    monkeypatch.setattr("gad.training.discriminator._is_fsdp", lambda module: True)
+    with pytest.raises(GadError, match="before sharding it"):
+        disc.enable_activation_checkpointing()
+
+
 # -- encoder discriminators (BERT family): [CLS] ... [SEP], the model's own pooling, the position limit -------------
 
 

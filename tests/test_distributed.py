@@ -135,12 +135,14 @@ def test_uneven_processes_update_the_discriminator_as_one_process_on_all_pairs(u
 
 
 def test_a_sharded_discriminator_update_equals_the_replicated_one(updates):
+    """Also with activation checkpointing (discriminator_activation_checkpointing under FSDP2)."""
     import _distributed_update as helper
 
     folder, tiny_model_dir = updates
-    for name, (scenario, max_grad_norm) in helper.SHARDED.items():
+    for name, (scenario, max_grad_norm, _checkpointing) in helper.SHARDED.items():
         mode, shares = helper.SCENARIOS[scenario]
         ranks = [torch.load(folder / f"{name}-rank{rank}.pt") for rank in (0, 1)]
+        # One process without checkpointing: a checkpointed sharded update must take the same step.
         single = helper.run_update(tiny_model_dir, helper.union(shares), mode, max_grad_norm=max_grad_norm)
         (held0, total), (held1, _) = ranks[0]["size"], ranks[1]["size"]
         # Half each: FSDP2 splits every tensor along its first dimension (the 1 x hidden score head: on one process).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -242,6 +243,85 @@ def test_discriminator_trainable_layers_freezes_the_lower_discriminator(tmp_path
             train_file=str(tiny_train_file),
             discriminator_trainable_layers=0,
         )
+
+
+def test_discriminator_bf16_and_checkpointing_run_every_discriminator_pass(tmp_path, tiny_model_dir, tiny_train_file):
+    """Both options on, in a GAD step with d_acc_val: the reward's scoring, the update's chunks and the validation
+    scoring compute in bf16; the weights and AdamW moments stay fp32; the HF model reports its checkpointing."""
+    trainer = _trainer(
+        "gad", GADConfig, tmp_path, tiny_model_dir, tiny_train_file,
+        max_steps=1, discriminator_learning_rate=1e-3, discriminator_bf16=True,
+        discriminator_activation_checkpointing=True, discriminator_val_every=1, discriminator_val_size=4,
+    )  # fmt: skip
+    disc = trainer.discriminator
+    assert disc.bf16 and disc.model.is_activation_checkpointing and not trainer.args.bf16  # the student stays fp32
+    seen: list[torch.dtype] = []
+    disc.model.model.layers[0].mlp.register_forward_hook(lambda module, args, output: seen.append(output.dtype))
+    before = _params(disc)
+    trainer.train()
+    logged = [row for row in trainer.state.log_history if "d_loss" in row]
+    assert len(seen) > 2 and set(seen) == {torch.bfloat16}
+    assert _changed(before, disc) and all(p.dtype == torch.float32 for p in disc.parameters())
+    states = trainer.discriminator_updater.optimizer.state.values()
+    assert states and all(v.dtype == torch.float32 for state in states for v in state.values() if v.dim())
+    assert logged and all(math.isfinite(row["d_loss"]) and "d_acc_val" in row for row in logged)
+
+
+def test_discriminator_precision_and_checkpointing_follow_the_student_unless_set(
+    tmp_path, tiny_model_dir, tiny_train_file
+):
+    from types import SimpleNamespace
+
+    from gad.training.config import discriminator_compute
+    from gad.training.gad_trainer import _student_checkpointing
+
+    def settings(**options):
+        return SimpleNamespace(
+            **{"discriminator_bf16": None, "discriminator_activation_checkpointing": None, **options}
+        )
+
+    assert discriminator_compute(settings(), student_bf16=True, student_checkpointing=False) == (True, False)
+    assert discriminator_compute(settings(), student_bf16=False, student_checkpointing=True) == (False, True)
+    set_both = settings(discriminator_bf16=False, discriminator_activation_checkpointing=True)
+    assert discriminator_compute(set_both, student_bf16=True, student_checkpointing=False) == (False, True)
+    # The student's checkpointing: the recipe's activation_checkpointing, or FSDP's (the paper's accelerate configs).
+    fsdp = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=SimpleNamespace(activation_checkpointing=True)))
+    plain = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=None))
+    assert _student_checkpointing(SimpleNamespace(activation_checkpointing=False), fsdp)
+    assert _student_checkpointing(SimpleNamespace(activation_checkpointing=True), plain)
+    assert not _student_checkpointing(SimpleNamespace(activation_checkpointing=False), plain)
+
+    # Through the trainer: a checkpointed fp32 student (bf16 is off on the CPU by default) gets a checkpointed fp32
+    # discriminator; each option overrides its half.
+    follows = _trainer("gad", GADConfig, tmp_path / "a", tiny_model_dir, tiny_train_file, activation_checkpointing=True)
+    assert follows.discriminator.model.is_activation_checkpointing and not follows.discriminator.bf16
+    own = _trainer(
+        "gad", GADConfig, tmp_path / "b", tiny_model_dir, tiny_train_file,
+        activation_checkpointing=True, discriminator_activation_checkpointing=False, discriminator_bf16=True,
+    )  # fmt: skip
+    assert not own.discriminator.model.is_activation_checkpointing and own.discriminator.bf16
+
+
+def test_discriminator_precision_options_are_checked_in_one_line(
+    tmp_path, tiny_model_dir, tiny_train_file, monkeypatch
+):
+    from gad.training.recipe import resolve_stage
+
+    recipe = {"student": str(tiny_model_dir), "train_file": str(tiny_train_file), "run_dir": str(tmp_path)}
+    for key in ("discriminator_bf16", "discriminator_activation_checkpointing"):
+        with pytest.raises(GadError, match=rf"^key '{key}' must be true or false, got 'maybe'$"):
+            resolve_stage(recipe, "gad", {key: "maybe"})
+        assert getattr(resolve_stage(recipe, "warmup", {key: "none"}), key) is None  # None: follow the student
+    # A GPU without bf16 (a V100): refused before anything is loaded.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Tesla V100-SXM2-16GB")
+    paths = {"output_dir": str(tmp_path), "student": str(tiny_model_dir), "train_file": str(tiny_train_file)}
+    with pytest.raises(GadError) as error:
+        WarmupConfig(**paths, discriminator_bf16=True)
+    assert str(error.value) == (
+        "discriminator_bf16 needs bf16 support, which this GPU (Tesla V100-SXM2-16GB) lacks: set it to false"
+    )
 
 
 # -- safeguards and diagnostics (all off by default) -----------------------------------------------------------------

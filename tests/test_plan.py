@@ -125,22 +125,60 @@ def test_tiny_memory_matches_hand_arithmetic(tiny, tmp_path):
     assert plan.phase_bytes("student update") == (4 * 32 * 64 * 2 * 2 + 4 * 32 * 1280 * 2) + 4 * 16 * 512 * 6 + 2 * (
         65_600 + 2 * 43_264
     )
-    # The discriminator's chunks: discriminator_batch_size (16) sequences; its root is the embeddings and the head.
-    assert plan.phase_bytes("discriminator update") == (16 * 32 * 64 * 2 * 2 + 16 * 32 * 1280 * 2) + 2 * (
+    # The discriminator's chunks: discriminator_batch_size (16) sequences, as the student by default: bf16 autocast
+    # (its fp32 layer inputs: B*S*h*L*4) and checkpointed, plus the recomputed layer's bf16 weight copies (2*layer);
+    # sharded without FSDP mixed precision, it gathers fp32 weights (its root: the embeddings and the head).
+    update = plan.phases["discriminator update"]
+    assert [item.label for item in update] == [
+        "activations (bf16 autocast, checkpointed)",
+        "bf16 weight copies kept for backward (autocast)",
+        "discriminator all-gathered parameters (fp32)",
+    ]
+    assert plan.phase_bytes("discriminator update") == (16 * 32 * 64 * 2 * 4 + 16 * 32 * 1280 * 2) + 2 * 43_264 + 4 * (
         32_896 + 2 * 43_264
     )
     assert plan.peak_phase == "discriminator update"
-    assert plan.peak_bytes == 2_324_544 + 1_680_640
-    assert plan.fits
+    assert plan.peak_bytes == 2_324_544 + 2_137_088
+    assert plan.fits and not plan.notes  # the plan is the trainer's: no caveat
 
 
-def test_tiny_replicated_discriminator_is_full_fp32_and_not_checkpointed(tiny, tmp_path):
-    plan = tiny_plan(tiny, tmp_path, Layout(2, GB, "fsdp", False, True))
+def test_tiny_replicated_fp32_discriminator_without_checkpointing(tiny, tmp_path):
+    fp32 = {"discriminator_bf16": False, "discriminator_activation_checkpointing": False}
+    plan = tiny_plan(tiny, tmp_path, Layout(2, GB, "fsdp", False, True), **fp32)
     assert plan.states_bytes == 1_217_024 + 152_128 + 119_424 * 16
-    # Today's trainer: fp32 activations, no checkpointing, no gathering: B*S*L*(8h+4kv+4i)*4.
+    # fp32 activations, no checkpointing, no gathering: B*S*L*(8h+4kv+4i)*4.
+    assert [item.label for item in plan.phases["discriminator update"]] == ["activations (fp32, not checkpointed)"]
     assert plan.phase_bytes("discriminator update") == 16 * 32 * 2 * 1280 * 4
     assert plan.peak_bytes == 3_279_936 + 5_242_880
-    assert not plan.notes  # replicated is how GADTrainer holds it today: nothing to point out
+    assert not plan.notes
+
+
+def test_discriminator_update_follows_the_student_unless_its_options_say_otherwise(tiny, tmp_path):
+    def update(layout: Layout, **options) -> tuple[list[str], int]:
+        plan = tiny_plan(tiny, tmp_path, layout, **options)
+        return [item.label for item in plan.phases["discriminator update"]], plan.phase_bytes("discriminator update")
+
+    checkpointed, plain = Layout(2, GB, "fsdp", False, True), Layout(2, GB, "fsdp", False, False)
+    # A checkpointed (bf16) student: bf16 autocast and checkpointed, with the recomputed layer's weight copies.
+    assert update(checkpointed) == (
+        ["activations (bf16 autocast, checkpointed)", "bf16 weight copies kept for backward (autocast)"],
+        16 * 32 * 64 * 2 * 4 + 16 * 32 * 1280 * 2 + 2 * 43_264,
+    )
+    # Not checkpointed: every layer's activations and weight copies, both layers trained.
+    assert update(plain) == (
+        ["activations (bf16 autocast, not checkpointed)", "bf16 weight copies kept for backward (autocast)"],
+        16 * 32 * 2 * 1280 * 2 + 2 * 43_264 * 2,
+    )
+    assert update(plain, discriminator_trainable_layers=1)[1] == 16 * 32 * 2 * 1280 * 2 + 2 * 43_264  # the top one
+    # The fused update holds the graph of the process's 8 samples, in chunks of 2: four sets of weight copies.
+    fused = {"discriminator_fused_update": True, "discriminator_batch_size": 2}
+    assert update(plain, **fused)[1] == 8 * 32 * 2 * 1280 * 2 + 2 * 43_264 * 2 * 4
+    assert update(plain, discriminator_activation_checkpointing=True) == update(checkpointed)
+    assert update(checkpointed, discriminator_activation_checkpointing=False) == update(plain)
+    assert update(checkpointed, discriminator_bf16=False) == (
+        ["activations (fp32, checkpointed)"],
+        16 * 32 * 64 * 2 * 4 + 16 * 32 * 1280 * 4,
+    )
 
 
 def test_ddp_keeps_the_checkpoint_dtype_and_shards_nothing(tiny, tmp_path):
@@ -219,6 +257,34 @@ def test_7b_states_follow_the_issues_arithmetic():
     replicated = estimate_memory("gad", config, student, disc, Layout(8, 80 * GB, "fsdp", False), batch)
     assert round(disc.params * 16 / GB) == 113 and round(replicated.states_bytes / GB) == 130
     assert not replicated.fits
+
+
+def test_7b_discriminator_update_follows_its_options_and_fits_checkpointed(capsys):
+    """The paper's launch (FSDP2, fsdp_activation_checkpointing): the discriminator follows the student, bf16 and
+    checkpointed, as GADTrainer runs it; without checkpointing its activations alone pass the GPU."""
+    import json
+
+    def plan(*overrides: str) -> tuple[int, dict]:
+        command = ["plan", str(RECIPE_7B), "--accelerate-config", str(FSDP8), "--gpu-memory", "80GB", "--json"]
+        status = main([*command, *overrides])
+        memory = json.loads(capsys.readouterr().out)["memory"]
+        return status, {item["label"]: item["bytes"] for item in memory["phases"]["discriminator update"]}
+
+    status, default = plan()
+    assert status == 0 and round(default["activations (bf16 autocast, checkpointed)"] / GB, 2) == 8.81
+    assert round(default["discriminator all-gathered parameters (fp32)"] / GB, 2) == 4.04
+    assert main(["plan", str(RECIPE_7B), "--accelerate-config", str(FSDP8), "--gpu-memory", "80GB"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^peak per GPU = states 31\.28 .*: fits", out, re.M) and "note:" not in out
+    status, plain = plan("discriminator_activation_checkpointing=false")
+    activations = plain["activations (bf16 autocast, not checkpointed)"]  # 4*3584*28*106,496*2
+    assert status == 1 and activations == 4 * 3584 * 28 * 106_496 * 2 and activations > 80 * GB
+    status, fp32 = plan("discriminator_bf16=false")
+    assert status == 0 and list(fp32) == [
+        "activations (fp32, checkpointed)",
+        "discriminator all-gathered parameters (fp32)",
+    ]
+    assert fp32["activations (fp32, checkpointed)"] > default["activations (bf16 autocast, checkpointed)"]
 
 
 def test_a_vllm_budget_below_the_weights_is_flagged(capsys):

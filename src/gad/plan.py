@@ -12,7 +12,8 @@ Memory per GPU, in bytes (``GB`` = 10**9 bytes), is the sum of
   master weights, fp32 gradients, two fp32 moments; FSDP upcasts trainable parameters to fp32, ZeRO-3 keeps fp32
   masters; under DDP the checkpoint's dtype is kept, 8 bytes a parameter for bf16), the frozen reference model when
   ``beta`` > 0 (checkpoint dtype), the discriminator (fp32, as gad loads it: 4 bytes a parameter plus 12 for each
-  trained one); everything divided by the number of GPUs under FSDP / ZeRO-3, the discriminator only when sharded;
+  trained one, under bf16 autocast too); everything divided by the number of GPUs under FSDP / ZeRO-3, the
+  discriminator only when sharded;
 - the vLLM reservation (``vllm_gpu_memory_utilization`` x GPU memory) when rollouts are colocated and vLLM does not
   sleep between them;
 - the largest transient of the step's phases: rollouts, the student's update, the discriminator's update (below).
@@ -28,6 +29,14 @@ layers, MLP width ``i``, key/value width ``kv`` (KV heads x head size), ``a`` by
   log-softmax; ``T`` = completion tokens for GRPO, every token for SFT), and under FSDP / ZeRO-3 the all-gathered bf16
   parameters of the unit in use: ``2*(root + 2*layer)`` (embeddings, head and final norm, plus the current and the
   prefetched decoder layer).
+
+The student is planned in bf16. The discriminator computes as GADTrainer runs it: under bf16 autocast or in fp32
+(``discriminator_bf16``), checkpointed or not (``discriminator_activation_checkpointing``), each by default as the
+student (bf16; checkpointed as the layout says). Under autocast its weights and the residual stream between layers stay
+fp32, so a checkpointed layer's input counts 4 bytes a value, and autograd keeps the bf16 copy of each weight a
+matrix product used: ``2*layer`` bytes for every layer back-propagated through (``discriminator_trainable_layers``, else
+all; once for each reward chunk whose graph the fused update holds), or for the one being recomputed when
+checkpointed. Sharded, it all-gathers its fp32 weights: ``4*(root + 2*layer)``.
 """
 
 from __future__ import annotations
@@ -48,8 +57,9 @@ SHARDINGS = ("fsdp", "zero3", "ddp")
 # Share of a GPU's memory a plan may fill: the rest goes to the CUDA context, NCCL buffers and allocator fragmentation.
 USABLE_FRACTION = 0.9
 # How GADTrainer holds the discriminator (gad.training.gad_trainer): sharded with FSDP2 like the student when the
-# student is under FSDP (discriminator_sharding: auto), else a full copy per process; either way in fp32 without
-# autocast or activation checkpointing, where a "sharded" plan assumes bf16 compute and the student's checkpointing.
+# student is under FSDP (discriminator_sharding: auto), else a full copy per process; fp32 weights either way, bf16
+# compute and checkpointing as discriminator_bf16 and discriminator_activation_checkpointing say (the student's by
+# default).
 # The released GPT-5-Chat data (ytz20/LMSYS-Chat-GPT-5-Chat-Response), train split: used for the schedule when the
 # recipe's train_file is not there to count.
 PAPER_TRAIN_ROWS = 192_014
@@ -461,11 +471,6 @@ def estimate_memory(
         phases["discriminator update"] = _discriminator_update(config, discriminator, layout, batch)
     if getattr(config, "lora_r", None):
         notes.append("lora_r is set: the plan counts full fine-tuning of the student (an upper bound)")
-    if stage != "seqkd" and layout.discriminator_sharded:
-        notes.append(
-            "the discriminator update is planned with bf16 compute and activation checkpointing; GADTrainer shards the "
-            "discriminator (FSDP2) but runs it in fp32 without checkpointing, so that phase can be larger than shown"
-        )
     return MemoryPlan(stage, layout, student, discriminator, states, persistent, phases, notes)
 
 
@@ -545,15 +550,19 @@ def _seq_len(config) -> int:
     return (config.max_prompt_length or 0) + (config.max_completion_length or 0)
 
 
-def activation_bytes(model: ModelSize, sequences: int, tokens: int, width: int, checkpointing: bool) -> Item:
-    """Activations of one forward/backward over ``sequences`` x ``tokens`` (module docstring)."""
+def activation_bytes(
+    model: ModelSize, sequences: int, tokens: int, width: int, checkpointing: bool, input_width: int | None = None
+) -> Item:
+    """Activations of one forward/backward over ``sequences`` x ``tokens`` (module docstring); ``input_width``: bytes
+    a value of the layer inputs a checkpointed pass keeps (default ``width``; 4 under autocast of fp32 weights)."""
     per_layer = model.values_per_token_layer
     h, layers = model.hidden_size, model.num_layers
     if checkpointing:
-        value = sequences * tokens * h * layers * width + sequences * tokens * per_layer * width
+        kept = input_width or width
+        value = sequences * tokens * h * layers * kept + sequences * tokens * per_layer * width
         formula = (
-            f"B*S*h*L*a + B*S*(8h+4kv+4i)*a = {sequences}*{tokens}*{h}*{layers}*{width} + "
-            f"{sequences}*{tokens}*{per_layer:,}*{width}"
+            f"B*S*h*L*{'a' if kept == width else kept} + B*S*(8h+4kv+4i)*a = {sequences}*{tokens}*{h}*{layers}*{kept}"
+            f" + {sequences}*{tokens}*{per_layer:,}*{width}"
         )
         return Item("activations (checkpointed)", value, formula)
     value = sequences * tokens * layers * per_layer * width
@@ -561,15 +570,15 @@ def activation_bytes(model: ModelSize, sequences: int, tokens: int, width: int, 
     return Item("activations (not checkpointed)", value, formula)
 
 
-def _gathered(model: ModelSize, layout: Layout, what: str) -> list[Item]:
+def _gathered(model: ModelSize, layout: Layout, what: str, width: int = 2) -> list[Item]:
     if layout.sharding == "ddp":
         return []
-    value = 2 * (model.root_params + 2 * model.layer_params)
+    value = width * (model.root_params + 2 * model.layer_params)
     return [
         Item(
-            f"{what} all-gathered parameters (bf16)",
+            f"{what} all-gathered parameters ({'bf16' if width == 2 else 'fp32'})",
             value,
-            f"2*(root + 2*layer) = 2*({model.root_params:,} + 2*{model.layer_params:,})",
+            f"{width}*(root + 2*layer) = {width}*({model.root_params:,} + 2*{model.layer_params:,})",
         )
     ]
 
@@ -589,11 +598,36 @@ def _discriminator_update(config, disc: ModelSize, layout: Layout, batch: BatchP
     # The fused update keeps the graph of every sample the process scored; otherwise chunks of discriminator_batch_size.
     fused = config.discriminator_fused_update
     sequences = batch.samples_per_generation_per_gpu if fused else config.discriminator_batch_size
+    bf16, checkpointing = discriminator_settings(config, layout)
+    # Under autocast the residual stream between layers stays fp32 (the embeddings' output, plus each layer's): the
+    # inputs a checkpointed pass keeps are 4 bytes a value whatever the compute.
+    item = activation_bytes(disc, sequences, tokens, 2 if bf16 else 4, checkpointing, input_width=4)
+    items = [Item(item.label.replace("(", "(bf16 autocast, " if bf16 else "(fp32, ", 1), item.bytes, item.formula)]
+    if bf16:
+        # The bf16 copy autocast makes of each weight for its matrix product, which autograd keeps for the backward:
+        # one set per forward pass whose graph is held, so the fused update's every reward chunk keeps its own.
+        layers = 1 if checkpointing else (getattr(config, "discriminator_trainable_layers", None) or disc.num_layers)
+        passes = math.ceil(sequences / config.discriminator_batch_size) if fused and not checkpointing else 1
+        how = "1 (the recomputed one)" if checkpointing else "layers trained" + (" x reward chunks" if fused else "")
+        items.append(
+            Item(
+                "bf16 weight copies kept for backward (autocast)",
+                2 * layers * disc.layer_params * passes,
+                f"2*layer*{how} = 2*{disc.layer_params:,}*{layers}" + (f"*{passes}" if passes > 1 else ""),
+            )
+        )
     if layout.discriminator_sharded:
-        item = activation_bytes(disc, sequences, tokens, 2, layout.activation_checkpointing)
-        return [item, *_gathered(disc, layout, "discriminator")]
-    item = activation_bytes(disc, sequences, tokens, 4, False)  # today's trainer: fp32, no autocast, no checkpointing
-    return [Item(item.label.replace("(", "(fp32, ", 1), item.bytes, item.formula)]
+        items += _gathered(disc, layout, "discriminator", width=4)  # no FSDP mixed precision: its fp32 weights
+    return items
+
+
+def discriminator_settings(config, layout: Layout) -> tuple[bool, bool]:
+    """(bf16 autocast, activation checkpointing) of the discriminator as GADTrainer will run it: its options, each
+    None following the student, which the plan has in bf16 (a GPU's ``bf16`` default) and checkpointed as ``layout``
+    says."""
+    from gad.training.config import discriminator_compute
+
+    return discriminator_compute(config, student_bf16=True, student_checkpointing=layout.activation_checkpointing)
 
 
 # -- schedule ----------------------------------------------------------------------------------------------------------

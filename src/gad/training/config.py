@@ -240,6 +240,22 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
             "train all of it (paper)."
         ),
     )
+    discriminator_bf16: bool | None = field(
+        default=None,
+        metadata=_help(
+            "Run the discriminator's forward passes (reward, update, d_acc_val) under bf16 autocast; its weights, "
+            "gradients and AdamW moments stay fp32 and its scores come back fp32 (the paper's precision). None: "
+            "follow the student's bf16."
+        ),
+    )
+    discriminator_activation_checkpointing: bool | None = field(
+        default=None,
+        metadata=_help(
+            "Recompute the discriminator's layer activations in its update's backward pass: less memory, slower; "
+            "the same gradients. None: follow the student's (activation_checkpointing, or FSDP's "
+            "fsdp_activation_checkpointing)."
+        ),
+    )
     discriminator_max_length: int = field(
         default=4096, metadata=_help("Longest [prompt; response] the discriminator reads; cut from the left.")
     )
@@ -395,6 +411,8 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
         layers = self.discriminator_trainable_layers
         if layers is not None and layers < 1:
             raise GadError(f"discriminator_trainable_layers must be >= 1 (or none: train all), got {layers}")
+        if self.discriminator_bf16 and (gpu := _gpu_without_bf16(self)):
+            raise GadError(f"discriminator_bf16 needs bf16 support, which this GPU ({gpu}) lacks: set it to false")
         if self.d_only_steps < 0:
             raise GadError(f"d_only_steps must be >= 0, got {self.d_only_steps}")
         if self.discriminator_updates < 1:
@@ -436,6 +454,29 @@ def deepspeed_zero_stage(deepspeed: str | dict | None) -> int | None:
         stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "")
         return int(stage) if stage.isdigit() else None
     return None
+
+
+def _gpu_without_bf16(config) -> str | None:
+    """The name of the GPU the stage will run on when it cannot compute in bf16, else None. Checked as the student's
+    bf16 default is (``_resolve_device_defaults``); a CPU run can, under autocast."""
+    import torch
+
+    if config.use_cpu or not torch.cuda.is_available() or torch.cuda.is_bf16_supported():
+        return None
+    return torch.cuda.get_device_name()
+
+
+def discriminator_compute(config, *, student_bf16: bool, student_checkpointing: bool) -> tuple[bool, bool]:
+    """Whether the discriminator computes under bf16 autocast, and whether it checkpoints its activations:
+    ``discriminator_bf16`` and ``discriminator_activation_checkpointing``, each None following the student. The
+    student's settings are passed in: GADTrainer reads them off its arguments and accelerator, `gad plan` off its
+    layout."""
+    bf16 = getattr(config, "discriminator_bf16", None)
+    checkpointing = getattr(config, "discriminator_activation_checkpointing", None)
+    return (
+        student_bf16 if bf16 is None else bf16,
+        student_checkpointing if checkpointing is None else checkpointing,
+    )
 
 
 def _validate_safeguards(config: GADConfig) -> None:

@@ -106,7 +106,9 @@ class Discriminator(torch.nn.Module):
 
     Built from ``AutoModelForSequenceClassification(num_labels=1)`` so that the saved folder loads with plain
     transformers. Dropout is switched off (the paper's choice), so scoring is deterministic. ``max_length`` counts
-    every token the model reads, special tokens included, and is capped at the model's position limit.
+    every token the model reads, special tokens included, and is capped at the model's position limit. It computes
+    in its weights' dtype (fp32 as loaded) unless :meth:`use_bf16` turns on bf16 autocast, and keeps every
+    activation for the backward pass unless :meth:`enable_activation_checkpointing` is called.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, max_length: int = 4096):
@@ -133,6 +135,7 @@ class Discriminator(torch.nn.Module):
         tokenizer.truncation_side = "left"
         _disable_dropout(model)
         self.eval()  # no dropout: scores are deterministic, which the chunked update relies on
+        self.bf16 = False  # forward passes under bf16 autocast (use_bf16)
 
     @classmethod
     def from_pretrained(
@@ -183,6 +186,45 @@ class Discriminator(torch.nn.Module):
         for module in (self.model.get_input_embeddings(), *layers[: len(layers) - count]):
             module.requires_grad_(False)
 
+    def use_bf16(self, enabled: bool = True) -> None:
+        """Compute every forward pass (scoring, the update's chunks, the fused graph) under bf16 autocast. The
+        parameters stay as they are (fp32), and so do their gradients and the optimizer's states: autocast casts a
+        copy of each weight for its matrix product and back-propagates into the fp32 original. Scores come back
+        fp32. One-line error on a GPU without bf16; the CPU has it."""
+        if enabled and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise GadError(
+                f"discriminator_bf16 needs bf16 support, which this GPU ({torch.cuda.get_device_name(self.device)}) "
+                "lacks: set it to false"
+            )
+        self.bf16 = enabled
+
+    def enable_activation_checkpointing(self) -> None:
+        """Recompute each transformer layer's activations in the backward pass instead of keeping them (transformers'
+        activation checkpointing, non-reentrant): the update holds each layer's input only, for another forward
+        pass's worth of compute; the gradients are the same. Call before :func:`shard_discriminator`, so that FSDP2
+        wraps the layers as they will run."""
+        if any(_is_fsdp(module) for module in self.modules()):
+            raise GadError("enable the discriminator's activation checkpointing before sharding it")
+        model = self.model
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise GadError(
+                f"discriminator_activation_checkpointing: {type(model).__name__} does not support activation "
+                "checkpointing; set it to false"
+            )
+        # The reentrant variant back-propagates into a layer only when its input requires gradients, which frozen
+        # embeddings' output does not.
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:  # transformers before the rename
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        # transformers also makes the embeddings' output require gradients, which only the reentrant variant needs;
+        # with the lower layers frozen (train_top_layers) it would back-propagate through them for nothing.
+        model.disable_input_require_grads()
+        # transformers checkpoints a layer only in training mode; with every dropout at 0 (_disable_dropout) that mode
+        # computes what evaluation mode does, so scores stay deterministic.
+        self.train()
+
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -209,12 +251,20 @@ class Discriminator(torch.nn.Module):
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Scores [B]: read at each sequence's last real token, or an encoder's own pooled output."""
+        """Scores [B] (fp32): read at each sequence's last real token, or an encoder's own pooled output."""
+        # Disabled, autocast also keeps out one the caller may run under: the precision is the discriminator's own.
+        # No weight cache: every weight is used once a pass, and the cache would hold a bf16 copy of all of them (of
+        # every gathered layer, when sharded) until the pass ends.
+        with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            return self._scores(input_ids, attention_mask)
+
+    def _scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.is_encoder:
             # The model's pooling (BERT: [CLS], position 0 of a right-padded batch) decides where the score is read.
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float().clone()
         backbone = getattr(self.model, self.model.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # No KV cache: nothing generates from it (a checkpointed layer would drop it anyway, with a warning).
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         last = attention_mask.sum(dim=1) - 1
         last_hidden = hidden[torch.arange(hidden.size(0), device=hidden.device), last]
         # A copy, not a view of the head's output: FSDP2's backward hook on a sharded discriminator's output needs one.

@@ -40,7 +40,7 @@ from gad.layout import DISCRIMINATOR
 from gad.metrics import rouge_l
 from gad.prepare import teacher_turn_ids, truncate_rows
 from gad.training.callbacks import CompleteCheckpoints
-from gad.training.config import ZERO3_UNSUPPORTED, GADConfig
+from gad.training.config import ZERO3_UNSUPPORTED, GADConfig, discriminator_compute
 from gad.training.discriminator import (
     REWARD_TRANSFORMS,
     Discriminator,
@@ -146,6 +146,12 @@ class GADTrainer(CompleteCheckpoints, GRPOTrainer):
         super().__init__(model=model, reward_funcs=[self.reward], args=args, train_dataset=train_dataset, **kwargs)
         self.discriminator = discriminator.to(self.accelerator.device)
         discriminator.train_top_layers(args.discriminator_trainable_layers)
+        bf16, checkpointing = discriminator_compute(
+            args, student_bf16=bool(args.bf16), student_checkpointing=_student_checkpointing(args, self.accelerator)
+        )
+        discriminator.use_bf16(bf16)
+        if checkpointing:
+            discriminator.enable_activation_checkpointing()  # before sharding: FSDP2 wraps the layers as they run
         self.discriminator_sharded = _discriminator_sharding(args, self.accelerator) == "fsdp"
         if self.discriminator_sharded:
             shard_discriminator(discriminator, _fsdp_mesh(self.accelerator))
@@ -580,6 +586,13 @@ def _discriminator_sharding(args: GADConfig, accelerator) -> str:
             "discriminator_fused_update needs a replicated discriminator: set discriminator_sharding=replicate"
         )
     return mode
+
+
+def _student_checkpointing(args: GADConfig, accelerator) -> bool:
+    """Whether the student checkpoints its activations: the recipe's activation_checkpointing, or FSDP's own
+    (fsdp_activation_checkpointing in the accelerate config, what the paper recipes use)."""
+    plugin = getattr(accelerator.state, "fsdp_plugin", None)
+    return bool(args.activation_checkpointing or getattr(plugin, "activation_checkpointing", False))
 
 
 def _fsdp_mesh(accelerator):
