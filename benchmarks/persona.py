@@ -21,6 +21,11 @@ the chosen and for the last checkpoints:
   pass): the share of answers caught in a repeated-3-gram loop, and distinct-2;
 - ROUGE-L against the teacher's answer to the same prompt, mean length (words).
 
+With ``--oracle-reward``, a third method is the diagnosis for when GAD does not win: GAD's adversarial stage from the
+same warmup with the persona check itself as the reward (``reward_source: style_regex``, 1 for a matching answer),
+its checkpoint chosen among its RL steps. If that cannot beat SeqKD at this step count, the limit is RL's sample
+efficiency at this scale, not the discriminator.
+
 Each seed runs on its own and writes its own JSON; ``merge`` builds the table over seeds with the **paired**
 GAD − SeqKD differences and their 95 % intervals (t distribution over seeds)::
 
@@ -29,6 +34,7 @@ GAD − SeqKD differences and their 95 % intervals (t distribution over seeds)::
     nice python benchmarks/persona.py run --seeds 1 2
     python benchmarks/persona.py merge                         # -> benchmarks/results/persona.json
     python benchmarks/persona.py run --seeds 0 --quick         # minutes: a smaller everything, for iteration
+    nice python benchmarks/persona.py run --seeds 0 --oracle-reward   # + the oracle-reward diagnosis
 """
 
 from __future__ import annotations
