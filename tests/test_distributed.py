@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from gad.errors import GadError
 from gad.runtime import check_launch
@@ -23,6 +24,7 @@ from gad.runtime import check_launch
 REPO = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 RECIPE = REPO / "recipes" / "tiny-cpu.yaml"
+DISCRIMINATOR_LR = yaml.safe_load(RECIPE.read_text())["warmup"]["discriminator_learning_rate"]  # gad's is the same
 LAUNCH_TIMEOUT_S = 240
 # 2 processes x (8 samples = 2 prompts x 4) per step
 SHORT = ["warmup.max_steps=2", "warmup.d_only_steps=1", "gad.max_steps=4", "per_device_train_batch_size=8",
@@ -200,9 +202,13 @@ def test_a_sharded_discriminator_trains_as_the_replicated_one_with_half_the_para
             _discriminator(replicated_run / stage / "discriminator"),
         )
         assert sharded.keys() == replicated.keys()
-        for name, tensor in sharded.items():
-            gap = (tensor - replicated[name]).abs().max().item()
-            assert gap <= 1e-5, f"{stage}: {name} differs from the replicated run's by {gap:.2e}"
+        # Sharded, the gradients are summed in another order (reduce-scatter, not all-reduce): rounding-level
+        # differences, which AdamW's first steps (about lr * sign(gradient)) turn into a fraction of a step for
+        # gradients near zero, growing with the steps and depending on the CPU (on one Intel Xeon: after gad's 6 steps,
+        # 0.05 % of the values differ by over 1e-6, the most by 0.07 lr). A wrong gradient moves most values by a step.
+        gaps = torch.cat([(tensor - replicated[name]).abs().flatten() for name, tensor in sharded.items()])
+        assert (gaps > 1e-6).float().mean().item() <= 1e-2, f"{stage}: {(gaps > 1e-6).sum()} values differ"
+        assert gaps.max().item() <= 0.5 * DISCRIMINATOR_LR, f"{stage}: a value differs by {gaps.max():.2e}"
         checkpoint = run / stage / "checkpoint-2" / "discriminator"
         assert set(_discriminator(checkpoint)) == set(sharded)  # the checkpoint's is a plain folder too
         state = torch.load(checkpoint / "discriminator_optimizer.pt", weights_only=True)
