@@ -84,3 +84,11 @@ def paired_interval(values: Sequence[float]) -> dict[str, Any]:
         return {"mean": mean, "low": None, "high": None, "per_seed": values}
     half = t_95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
     return {"mean": mean, "low": mean - half, "high": mean + half, "per_seed": values}
+
+
+def stage_curves(history: list[dict], stage: str, offset: int, keep: tuple[str, ...]) -> list[dict]:
+    """A stage's logged training metrics (``keep`` of them; floats to 4 decimals), stepped like a benchmark's
+    validation curve: ``offset`` is the steps of the method's earlier stages (GAD's gad stage continues warmup's)."""
+    return [{"step": offset + h["step"], "stage": stage,
+             **{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items() if k in keep}}
+            for h in history if "train_runtime" not in h and "step" in h]  # fmt: skip

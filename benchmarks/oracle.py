@@ -82,7 +82,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, goal, paired_interval, print_goals, write_result
+from _common import RESULTS, goal, paired_interval, print_goals, stage_curves, write_result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -620,7 +620,7 @@ def run_seed(args, world: dict, work: Path, seed: int) -> dict:
         "last": seqkd.layout.student,
         "steps": {"seqkd": seqkd.global_step},
         "seconds": time.perf_counter() - clock,
-        "curves": _curves(seqkd.log_history, "seqkd", 0),
+        "curves": stage_curves(seqkd.log_history, "seqkd", 0, CURVE_KEYS),
     }
     logger.info("seed %d: seqkd done, %d steps in %.0f s", seed, seqkd.global_step, methods["seqkd"]["seconds"])
 
@@ -633,7 +633,7 @@ def run_seed(args, world: dict, work: Path, seed: int) -> dict:
         warmup_seconds = time.perf_counter() - clock
         result["warmup"] = {"steps": warmup.global_step, "train_seconds": warmup_seconds,
                             "validation_seconds": shared.seconds, "validation": shared.curve,
-                            "curves": _curves(warmup.log_history, "warmup", 0),
+                            "curves": stage_curves(warmup.log_history, "warmup", 0, CURVE_KEYS),
                             "discriminator": discriminator_trace(warmup.output_dir)}  # fmt: skip
         logger.info("seed %d: warmup done, %d steps in %.0f s", seed, warmup.global_step, warmup_seconds)
         for variant in args.variants:
@@ -646,7 +646,7 @@ def run_seed(args, world: dict, work: Path, seed: int) -> dict:
             methods[variant] = {
                 "tracker": tracker, "last": gad.layout.student, "steps": {"warmup": warmup.global_step,
                 "gad": gad.global_step}, "seconds": warmup_seconds + seconds,
-                "curves": _curves(gad.log_history, "gad", warmup.global_step),
+                "curves": stage_curves(gad.log_history, "gad", warmup.global_step, CURVE_KEYS),
                 "discriminator": discriminator_trace(gad.output_dir),
             }  # fmt: skip
             logger.info("seed %d: %s done, %d steps in %.0f s", seed, variant, gad.global_step, seconds)
@@ -679,11 +679,8 @@ def run_seed(args, world: dict, work: Path, seed: int) -> dict:
     return result
 
 
-def _curves(history: list[dict], stage: str, offset: int) -> list[dict]:
-    """A stage's logged training metrics, stepped like the validation curve (the gad stage continues warmup's)."""
-    keep = ("loss", "sft_loss", "reward", "d_acc", "d_loss", "kl", "student_gate_open")
-    return [{"step": offset + h["step"], "stage": stage, **{k: v for k, v in h.items() if k in keep}}
-            for h in history if "train_runtime" not in h and "step" in h]  # fmt: skip
+# The training metrics a seed file keeps per step.
+CURVE_KEYS = ("loss", "sft_loss", "reward", "d_acc", "d_loss", "kl", "student_gate_open")
 
 
 # -- merge ------------------------------------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ import time
 import zlib
 from pathlib import Path
 
-from _common import RESULTS, ROOT, goal, paired_interval, print_goals, write_result
+from _common import RESULTS, ROOT, goal, paired_interval, print_goals, stage_curves, write_result
 
 DATA = ROOT / "benchmarks" / "data" / "persona"
 OUT_DIR = RESULTS / "persona"
@@ -442,7 +442,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
         "last": seqkd.layout.student,
         "steps": {"seqkd": seqkd.global_step},
         "seconds": time.monotonic() - started,
-        "history": _curves(seqkd.log_history, "seqkd", 0),
+        "history": stage_curves(seqkd.log_history, "seqkd", 0, CURVE_KEYS),
     }
 
     started = time.monotonic()
@@ -450,7 +450,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
     tracker.start_stage("warmup", 0)
     warmup = run_stage("warmup", configs["warmup"], overwrite=True, callbacks=[tracker])
     warmup_seconds, warmup_curve = time.monotonic() - started, list(tracker.curve)
-    warmup_history = _curves(warmup.log_history, "warmup", 0)
+    warmup_history = stage_curves(warmup.log_history, "warmup", 0, CURVE_KEYS)
     tracker.start_stage("gad", warmup.global_step)
     gad = run_stage("gad", configs["gad"], overwrite=True, callbacks=[tracker])
     methods["gad"] = {
@@ -458,7 +458,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
         "last": gad.layout.student,
         "steps": {"warmup": warmup.global_step, "gad": gad.global_step},
         "seconds": time.monotonic() - started,
-        "history": warmup_history + _curves(gad.log_history, "gad", warmup.global_step),
+        "history": warmup_history + stage_curves(gad.log_history, "gad", warmup.global_step, CURVE_KEYS),
     }
     if "oracle" in configs:  # the diagnosis: the same warmup, the persona check as the reward
         started = time.monotonic()
@@ -471,7 +471,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
             "last": oracle.layout.student,
             "steps": {"warmup": warmup.global_step, "oracle_rl": oracle.global_step},
             "seconds": warmup_seconds + time.monotonic() - started,
-            "history": warmup_history + _curves(oracle.log_history, "oracle_rl", warmup.global_step),
+            "history": warmup_history + stage_curves(oracle.log_history, "oracle_rl", warmup.global_step, CURVE_KEYS),
         }
 
     test_prompts = list({r["id"]: r for r in test_teacher}.values())
@@ -502,11 +502,8 @@ def run_seed(args, seed: int, work: Path) -> dict:
     return result
 
 
-def _curves(history: list[dict], stage: str, offset: int) -> list[dict]:
-    """A stage's logged training metrics, stepped like the validation curve (GAD's gad stage continues warmup's)."""
-    keep = ("loss", "sft_loss", "reward", "d_acc", "d_acc_val", "d_loss", "student_len", "teacher_len")
-    return [{"step": offset + h["step"], "stage": stage, **{k: _round(v) for k, v in h.items() if k in keep}}
-            for h in history if "train_runtime" not in h and "step" in h]  # fmt: skip
+# The training metrics a seed file keeps per step.
+CURVE_KEYS = ("loss", "sft_loss", "reward", "d_acc", "d_acc_val", "d_loss", "student_len", "teacher_len")
 
 
 def _round(value):
