@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gad.cli import main
 from gad.demo.presets import PRESETS, load_preset
@@ -85,7 +86,8 @@ def test_tiny_demo_runs_the_whole_pipeline_through_the_real_interfaces(tmp_path,
     monkeypatch.setenv("MKL_NUM_THREADS", str(threads))
     out = tmp_path / "demo"
     try:
-        assert main(["demo", "--preset", "tiny", "--out", str(out), "--quiet", "--threads", str(threads)]) == 0
+        args = ["demo", "--preset", "tiny", "--out", str(out), "--quiet", "--threads", str(threads), "--seed", "3"]
+        assert main(args) == 0
     finally:
         torch.set_num_threads(threads)
     printed = capsys.readouterr().out
@@ -104,6 +106,9 @@ def test_tiny_demo_runs_the_whole_pipeline_through_the_real_interfaces(tmp_path,
 
     summary = json.loads((out / "demo.json").read_text())
     assert [row["model"] for row in summary["table"]] == ["teacher", "initial", "seqkd", "gad"]
+    assert summary["seed"] == summary["teacher_seed"] == 3
+    for stage in ("seqkd", "warmup", "gad"):
+        assert yaml.safe_load((out / stage / "config.yaml").read_text())["seed"] == 3, stage
     assert {c["metric"] for c in summary["gad_closer_than_initial"]} >= {"persona %", "ROUGE-L", "D score"}
     assert set(summary["phases_seconds"]) == {"models", "teacher", "seqkd", "warmup", "gad", "eval", "report"}
     report = (out / "report.html").read_text()

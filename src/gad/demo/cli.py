@@ -26,6 +26,14 @@ def register(subparsers) -> None:
         help=f"{', '.join(PRESETS)} (shipped with gad), or a path to a demo YAML file (default: default)",
     )
     parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed of the teacher's sampling and of every training stage (default: the preset's, 0); another seed "
+        "is another run end to end, to see how much a result varies",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars or training logs, only phase lines")
     parser.add_argument(
         "--threads",
@@ -45,5 +53,8 @@ def run(args: argparse.Namespace) -> int:
     offline()
     spec = load_preset(args.preset)
     spec.threads = pick_threads(args.threads)
+    if args.seed is not None:
+        spec.teacher_seed = args.seed
+        spec.train["seed"] = args.seed
     run_demo(spec, Path(args.out), quiet=args.quiet)
     return 0  # the pipeline ran; whether GAD moved the student is the table's verdict, not an error

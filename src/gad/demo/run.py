@@ -167,6 +167,8 @@ def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any
     ok = bool(checks) and all(c["closer"] for c in checks)
     summary = {
         "preset": spec.name,
+        "seed": spec.train.get("seed"),
+        "teacher_seed": spec.teacher_seed,
         "wall_seconds": total,
         "cpu_seconds": cpu_seconds,
         "target_seconds": spec.target_seconds,
