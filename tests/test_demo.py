@@ -90,7 +90,9 @@ def test_tiny_demo_runs_the_whole_pipeline_through_the_real_interfaces(tmp_path,
         assert main(args) == 0
     finally:
         torch.set_num_threads(threads)
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "'loss'" not in printed and "examples/s" not in captured.err, "--quiet printed training logs or bars"
     for phase in ("models", "teacher", "seqkd", "warmup", "gad", "eval", "report"):
         assert f" {phase}: " in printed
     assert "Report:" in printed and "Wall time" in printed

@@ -98,6 +98,9 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    import datasets  # its map/filter bars ignore TQDM_DISABLE
+
+    datasets.disable_progress_bars()
 
 
 def load_average() -> list[float] | None:

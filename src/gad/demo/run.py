@@ -136,7 +136,7 @@ def run_demo(spec: DemoSpec, out: Path, *, quiet: bool = False) -> dict[str, Any
         config.disable_tqdm = config.disable_tqdm or quiet
         steps = f"{config.max_steps} steps" if config.max_steps > 0 else f"{config.num_train_epochs:g} epoch(s)"
         progress.phase(stage, f"{text} ({steps})")
-        run_stage(stage, config, overwrite=True)
+        run_stage(stage, config, overwrite=True, print_logs=not quiet)
 
     progress.phase("eval", f"initial, SeqKD and GAD students on {spec.n_eval} held-out prompts (greedy)")
     models = [ModelSpec("initial", Path(student))]

@@ -55,9 +55,11 @@ def run_stage(
     resume: bool | str = False,
     overwrite: bool = False,
     callbacks: list | tuple = (),
+    print_logs: bool = True,
 ) -> StageResult:
     """Train one stage (``seqkd``, ``warmup`` or ``gad``); ``callbacks`` are extra ``TrainerCallback`` objects
-    (a benchmark's periodic evaluation, say) added to the stage's own.
+    (a benchmark's periodic evaluation, say) added to the stage's own. ``print_logs=False`` keeps the per-step log
+    lines off the console (they still go to metrics.jsonl).
 
     With ``resume``, a stage that already finished is left as it is, and one with no complete checkpoint starts from
     the beginning, so ``gad train --stage seqkd,warmup,gad --resume`` picks a killed pipeline up where it stopped.
@@ -100,6 +102,10 @@ def run_stage(
         NanGuard(),
     ]
     trainer = build_trainer(stage, config, data.student, data.tokenizer, data.rows, data.lengths, [*own, *callbacks])
+    if not print_logs:  # with progress bars off, transformers prints every log dict instead
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     tokenizer = data.tokenizer
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
