@@ -21,20 +21,22 @@ the chosen and for the last checkpoints:
   pass): the share of answers caught in a repeated-3-gram loop, and distinct-2;
 - ROUGE-L against the teacher's answer to the same prompt, mean length (words).
 
-With ``--oracle-reward``, a third method is the diagnosis for when GAD does not win: GAD's adversarial stage from the
-same warmup with the persona check itself as the reward (``reward_source: style_regex``, 1 for a matching answer),
-its checkpoint chosen among its RL steps. If that cannot beat SeqKD at this step count, the limit is RL's sample
-efficiency at this scale, not the discriminator.
+With ``--methods ... oracle_rl``, a third method is the diagnosis for when GAD does not win: GAD's adversarial stage
+from the same warmup with the persona check itself as the reward (``reward_source: style_regex``, 1 for a matching
+answer), its checkpoint chosen among its RL steps. If that cannot beat SeqKD at this step count, the limit is RL's
+sample efficiency at this scale, not the discriminator.
 
 Each seed runs on its own and writes its own JSON; ``merge`` builds the table over seeds with the **paired**
-GAD − SeqKD differences and their 95 % intervals (t distribution over seeds)::
+GAD − SeqKD differences and their 95 % intervals (t distribution over seeds). A run of only some methods writes
+``seedN-METHODS.json``, and ``merge`` joins the files of one seed, so a method can be added to a seed later (its
+warmup is rerun; the merge reports how far the rerun's validation C2ST is from the first one's)::
 
     python benchmarks/persona.py collect                       # once: the shipped teacher answers (minutes)
     nice python benchmarks/persona.py run --seeds 0            # -> benchmarks/results/persona/seed0.json (+ .html)
     nice python benchmarks/persona.py run --seeds 1 2
     python benchmarks/persona.py merge                         # -> benchmarks/results/persona.json
     python benchmarks/persona.py run --seeds 0 --quick         # minutes: a smaller everything, for iteration
-    nice python benchmarks/persona.py run --seeds 0 --oracle-reward   # + the oracle-reward diagnosis
+    nice python benchmarks/persona.py run --seeds 0 --methods oracle_rl   # the diagnosis -> seed0-oracle_rl.json
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ DATA = ROOT / "benchmarks" / "data" / "persona"
 OUT_DIR = RESULTS / "persona"
 GOAL_C2ST_POINTS = 3.0
 LENGTH_GUARD = (0.5, 2.0)
+METHODS = ("seqkd", "gad", "oracle_rl")
 
 log = logging.getLogger("persona")
 
@@ -108,10 +111,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="a stage setting as on `gad train` (KEY=VALUE for every stage that has it, "
                      "gad.KEY=VALUE for one), e.g. discriminator_updates=2")  # fmt: skip
-    run.add_argument("--oracle-reward", action="store_true",
-                     help="also run the diagnosis: GAD's adversarial stage from the same warmup with the persona check "
-                     "as the reward (reward_source: style_regex) instead of the discriminator; what RL reaches at this "
-                     "step count with a perfect reward (not GAD)")  # fmt: skip
+    run.add_argument("--methods", nargs="+", choices=METHODS, default=["seqkd", "gad"],
+                     help="what to train; oracle_rl is the diagnosis: GAD's adversarial stage from the same warmup "
+                     "with the persona check as the reward (reward_source: style_regex) instead of the discriminator, "
+                     "what RL reaches at this step count with a perfect reward (not GAD)")  # fmt: skip
     run.add_argument("--eval-every", type=int, default=12, help="validation every N steps, both methods")
     run.add_argument("--eval-samples", type=int, default=2, help="student answers per test prompt")
     run.add_argument("--temperature", type=float, default=0.8, help="rollout and evaluation sampling temperature")
@@ -374,7 +377,8 @@ def validation_tracker(method: str, val_teacher: list[dict], checker, args, seed
 
 def stage_configs(args, seed: int, model_dir: str, disc_dir: str, train_file: Path, work: Path, regex: str) -> dict:
     """The stages' configs, built from a recipe the way `gad train` builds them (``--set`` as its overrides): seqkd,
-    warmup, gad, and with ``--oracle-reward`` "oracle", a gad stage from the same warmup rewarded by ``regex``."""
+    warmup, gad, and with oracle_rl among ``--methods`` "oracle_rl", a gad stage from the same warmup rewarded by
+    ``regex``."""
     from gad.training.recipe import parse_overrides, resolve_stage
 
     adversarial = dict(per_device_train_batch_size=args.prompts_per_step * args.generations,
@@ -398,10 +402,10 @@ def stage_configs(args, seed: int, model_dir: str, disc_dir: str, train_file: Pa
     overrides = parse_overrides(args.set)
     pending = {str(work / "warmup")}  # written by the warmup stage of this run
     configs = {stage: resolve_stage(recipe, stage, overrides, pending=pending) for stage in ("seqkd", "warmup", "gad")}
-    if args.oracle_reward:
+    if "oracle_rl" in args.methods:
         oracle = {**recipe["gad"], "output_dir": str(work / "oracle-rl"), "reward_source": "style_regex",
                   "style_regex": regex}  # fmt: skip
-        configs["oracle"] = resolve_stage({**recipe, "gad": oracle}, "gad", overrides, pending=pending)
+        configs["oracle_rl"] = resolve_stage({**recipe, "gad": oracle}, "gad", overrides, pending=pending)
     return configs
 
 
@@ -416,8 +420,8 @@ def discriminator_folder(args, model_dir: str) -> str:
 
 
 def run_seed(args, seed: int, work: Path) -> dict:
-    """SeqKD and GAD from the same start, on the same answers; the chosen and the last students on the test set."""
-    from gad.evaluation.generate import load_model
+    """The methods of ``--methods`` (SeqKD, GAD, the oracle-reward diagnosis) from the same start, on the same answers;
+    the chosen and the last students on the test set."""
     from gad.models import resolve_model
     from gad.training.stages import run_stage
 
@@ -433,39 +437,44 @@ def run_seed(args, seed: int, work: Path) -> dict:
     configs = stage_configs(args, seed, model_dir, discriminator_folder(args, model_dir), train_file, work, regex)
 
     methods: dict[str, dict] = {}
-    started = time.monotonic()
-    tracker = validation_tracker("seqkd", val_teacher, checker, args, seed, work / "seqkd-best")
-    tracker.start_stage("seqkd", 0)
-    seqkd = run_stage("seqkd", configs["seqkd"], overwrite=True, callbacks=[tracker])
-    methods["seqkd"] = {
-        "tracker": tracker,
-        "last": seqkd.layout.student,
-        "steps": {"seqkd": seqkd.global_step},
-        "seconds": time.monotonic() - started,
-        "history": stage_curves(seqkd.log_history, "seqkd", 0, CURVE_KEYS),
-    }
+    if "seqkd" in args.methods:
+        started = time.monotonic()
+        tracker = validation_tracker("seqkd", val_teacher, checker, args, seed, work / "seqkd-best")
+        tracker.start_stage("seqkd", 0)
+        seqkd = run_stage("seqkd", configs["seqkd"], overwrite=True, callbacks=[tracker])
+        methods["seqkd"] = {
+            "tracker": tracker,
+            "last": seqkd.layout.student,
+            "steps": {"seqkd": seqkd.global_step},
+            "seconds": time.monotonic() - started,
+            "history": stage_curves(seqkd.log_history, "seqkd", 0, CURVE_KEYS),
+        }
+    if "gad" not in args.methods and "oracle_rl" not in args.methods:
+        return evaluate_methods(args, seed, work, methods, checker, checker_text, test_teacher)
 
     started = time.monotonic()
+    # GAD's checkpoint may be its warmup's, so its tracker watches the warmup too
     tracker = validation_tracker("gad", val_teacher, checker, args, seed, work / "gad-best")
     tracker.start_stage("warmup", 0)
     warmup = run_stage("warmup", configs["warmup"], overwrite=True, callbacks=[tracker])
     warmup_seconds, warmup_curve = time.monotonic() - started, list(tracker.curve)
     warmup_history = stage_curves(warmup.log_history, "warmup", 0, CURVE_KEYS)
-    tracker.start_stage("gad", warmup.global_step)
-    gad = run_stage("gad", configs["gad"], overwrite=True, callbacks=[tracker])
-    methods["gad"] = {
-        "tracker": tracker,
-        "last": gad.layout.student,
-        "steps": {"warmup": warmup.global_step, "gad": gad.global_step},
-        "seconds": time.monotonic() - started,
-        "history": warmup_history + stage_curves(gad.log_history, "gad", warmup.global_step, CURVE_KEYS),
-    }
-    if "oracle" in configs:  # the diagnosis: the same warmup, the persona check as the reward
+    if "gad" in args.methods:
+        tracker.start_stage("gad", warmup.global_step)
+        gad = run_stage("gad", configs["gad"], overwrite=True, callbacks=[tracker])
+        methods["gad"] = {
+            "tracker": tracker,
+            "last": gad.layout.student,
+            "steps": {"warmup": warmup.global_step, "gad": gad.global_step},
+            "seconds": time.monotonic() - started,
+            "history": warmup_history + stage_curves(gad.log_history, "gad", warmup.global_step, CURVE_KEYS),
+        }
+    if "oracle_rl" in args.methods:  # the diagnosis: the same warmup, the persona check as the reward
         started = time.monotonic()
         tracker = validation_tracker("oracle_rl", val_teacher, checker, args, seed, work / "oracle_rl-best")
         tracker.curve = list(warmup_curve)  # drawn, not chosen from: its checkpoint is chosen among its RL steps
         tracker.start_stage("oracle_rl", warmup.global_step)
-        oracle = run_stage("gad", configs["oracle"], overwrite=True, callbacks=[tracker])
+        oracle = run_stage("gad", configs["oracle_rl"], overwrite=True, callbacks=[tracker])
         methods["oracle_rl"] = {
             "tracker": tracker,
             "last": oracle.layout.student,
@@ -473,6 +482,12 @@ def run_seed(args, seed: int, work: Path) -> dict:
             "seconds": warmup_seconds + time.monotonic() - started,
             "history": warmup_history + stage_curves(oracle.log_history, "oracle_rl", warmup.global_step, CURVE_KEYS),
         }
+    return evaluate_methods(args, seed, work, methods, checker, checker_text, test_teacher)
+
+
+def evaluate_methods(args, seed: int, work: Path, methods: dict, checker, checker_text: str, test_teacher) -> dict:
+    """Each method's chosen and last students on the test set; the seed's JSON body and its HTML report."""
+    from gad.evaluation.generate import load_model
 
     test_prompts = list({r["id"]: r for r in test_teacher}.values())
     result = {"seed": seed, "checker": checker_text, "methods": {}}
@@ -498,12 +513,19 @@ def run_seed(args, seed: int, work: Path) -> dict:
         result["methods"][name] = entry
     result["teacher_test"] = {k: _round(v) for k, v in
                               answer_metrics(test_teacher, test_teacher, checker, 1, 0).items()}  # fmt: skip
-    report(work, result, args.out_dir / f"{'quick_' if args.quick else ''}seed{seed}.html")
+    report(work, result, args.out_dir / f"{seed_file_stem(args, seed)}.html")
     return result
 
 
 # The training metrics a seed file keeps per step.
 CURVE_KEYS = ("loss", "sft_loss", "reward", "d_acc", "d_acc_val", "d_loss", "student_len", "teacher_len")
+
+
+def seed_file_stem(args, seed: int) -> str:
+    """seedN, or seedN-METHODS for a run of only some methods; a quick run is never merged with full ones (merge reads
+    seed*.json)."""
+    methods = "" if {"seqkd", "gad"} <= set(args.methods) else "-" + "+".join(m for m in METHODS if m in args.methods)
+    return f"{'quick_' if args.quick else ''}seed{seed}{methods}"
 
 
 def _round(value):
@@ -538,9 +560,7 @@ def report(work: Path, result: dict, path: Path) -> None:
 
 
 def merge(paths: list[Path]) -> dict:
-    seeds = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
-    if not seeds:
-        raise SystemExit("persona merge: no seed files (run `persona.py run --seeds ...` first)")
+    seeds = join_seed_files(paths)
     methods = [m for m in ("seqkd", "gad", "oracle_rl") if any(m in s["methods"] for s in seeds)]
     table: dict[str, dict] = {}
     for name in methods:
@@ -554,7 +574,7 @@ def merge(paths: list[Path]) -> dict:
     gad = against_seqkd(seeds, "gad")
     closer, style, degenerate = gad["c2st_points_closer"], gad["style_pass"], gad["degenerate"]
     # d_acc_val at the end of each seed's warmup (its last measurement in that stage), averaged over seeds
-    d_val = [vals[-1] for s in seeds if (vals := [h["d_acc_val"] for h in s["methods"]["gad"]["curves"]
+    d_val = [vals[-1] for s in seeds if (vals := [h["d_acc_val"] for h in s["methods"].get("gad", {}).get("curves", [])
                                                   if "d_acc_val" in h and h.get("stage") == "warmup"])]  # fmt: skip
     d_val_mean = _round(statistics.mean(d_val)) if d_val else None
     goals = {
@@ -570,13 +590,43 @@ def merge(paths: list[Path]) -> dict:
     merged = {"seeds": [s["seed"] for s in seeds], "per_seed": seeds, "table": table, "paired": gad, "goals": goals}
     if "oracle_rl" in methods:  # the diagnosis of item 4: what RL reaches with the persona check as its reward
         merged["diagnosis_oracle_rl"] = against_seqkd(seeds, "oracle_rl")
+        merged["diagnosis_oracle_rl"]["warmup_c2st_max_difference"] = {
+            str(s["seed"]): warmup_difference(s) for s in seeds if "gad" in s["methods"] and "oracle_rl" in s["methods"]
+        }
     return merged
+
+
+def join_seed_files(paths: list[Path]) -> list[dict]:
+    """One entry per seed, its methods joined from every file of that seed (``seedN.json``, ``seedN-oracle_rl.json``);
+    ``parts`` says which file's command trained which methods."""
+    seeds: dict[int, dict] = {}
+    for path in paths:
+        part = json.loads(path.read_text(encoding="utf-8"))
+        seed = seeds.setdefault(part["seed"], {**part, "methods": {}, "parts": []})
+        if clash := set(seed["methods"]) & set(part["methods"]):
+            raise SystemExit(f"persona merge: {path}: seed {part['seed']} already has {sorted(clash)} from "
+                             f"{seed['parts'][0]['file']}; merge one file per method and seed")  # fmt: skip
+        seed["methods"].update(part["methods"])
+        seed["parts"].append({"file": path.name, "command": part["command"], "methods": sorted(part["methods"])})
+    if not seeds:
+        raise SystemExit("persona merge: no seed files (run `persona.py run --seeds ...` first)")
+    return [seeds[k] for k in sorted(seeds)]
+
+
+def warmup_difference(seed: dict) -> float | None:
+    """How far apart GAD's and the oracle's warmup validation C2STs are (0 when one run trained both; a rerun's warmup
+    on other threads may differ by float noise)."""
+    gad, oracle = ([p["c2st"] for p in seed["methods"][m]["validation"] if p["stage"] == "warmup"]
+                   for m in ("gad", "oracle_rl"))  # fmt: skip
+    pairs = list(zip(gad, oracle, strict=False))
+    return _round(max(abs(a - b) for a, b in pairs)) if pairs else None
 
 
 def against_seqkd(seeds: list[dict], method: str) -> dict:
     """Paired differences (method - SeqKD, chosen checkpoints, seeds that have both) with their 95 % intervals."""
-    both = [(s["methods"][method]["chosen"], s["methods"]["seqkd"]["chosen"]) for s in seeds
-            if (s["methods"].get(method) or {}).get("chosen") and s["methods"]["seqkd"]["chosen"]]  # fmt: skip
+    both = [(m, base) for s in seeds
+            if (m := (s["methods"].get(method) or {}).get("chosen")) and
+            (base := (s["methods"].get("seqkd") or {}).get("chosen"))]  # fmt: skip
     return {
         "c2st_points_closer": paired_interval([abs(base["c2st"] - 50) - abs(m["c2st"] - 50) for m, base in both]),
         "style_pass": paired_interval([m["style_pass"] - base["style_pass"] for m, base in both]),
@@ -635,9 +685,7 @@ def main(argv=None) -> dict:
                 shutil.rmtree(work, ignore_errors=True)
         result["wall_seconds"] = round(time.monotonic() - started, 1)
         result["goals"] = {}  # the goals are judged over seeds, by `merge`
-        # a quick run is never merged with full ones (merge reads seed*.json)
-        name = f"{'quick_' if args.quick else ''}seed{seed}"
-        written[seed] = write_result(args.out_dir / f"{name}.json", "persona", result, argv)
+        written[seed] = write_result(args.out_dir / f"{seed_file_stem(args, seed)}.json", "persona", result, argv)
     return written
 
 

@@ -48,9 +48,11 @@ def test_one_seed_then_merge(collected, tmp_path):
     common = ["--model", "builtin:tiny-llama", "--data-dir", str(collected), "--max-new-tokens", "6",
               "--style-regex", "e", "--discriminator", "first:2", "--seqkd-batch", "4", "--prompts-per-step", "2",
               "--generations", "2", "--seqkd-epochs", "2", "--gad-epochs", "1", "--eval-every", "2", "--eval-samples",
-              "2", "--c2st-splits", "2", "--d-only-steps", "1", "--set", "gad.discriminator_updates=2",
-              "--oracle-reward"]  # fmt: skip
+              "2", "--c2st-splits", "2", "--d-only-steps", "1", "--set", "gad.discriminator_updates=2"]  # fmt: skip
     written = benchmark.main(["run", "--seeds", "0", "--out-dir", str(out), *common])
+    # the diagnosis added to the seed later, by a run of its own (its warmup rerun)
+    benchmark.main(["run", "--seeds", "0", "--out-dir", str(out), *common, "--methods", "oracle_rl"])
+    assert sorted(p.name for p in out.glob("*.json")) == ["seed0-oracle_rl.json", "seed0.json"]
     saved = json.loads((out / "seed0.json").read_text())
     assert saved == written[0] and "persona.py run" in saved["command"] and saved["environment"]["versions"]["torch"]
     seqkd, gad = saved["methods"]["seqkd"], saved["methods"]["gad"]
@@ -59,10 +61,13 @@ def test_one_seed_then_merge(collected, tmp_path):
     assert [p["step"] for p in seqkd["validation"]] == [2, 4]
     assert [p["stage"] for p in gad["validation"]] == ["warmup", "warmup", "gad", "gad"]
     assert [p["step"] for p in gad["validation"]] == [2, 4, 6, 8]  # GAD's steps continue across its two stages
-    oracle = saved["methods"]["oracle_rl"]  # the diagnosis: GAD's warmup, then RL on the persona check
+    assert set(saved["methods"]) == {"seqkd", "gad"}
+    oracle_file = json.loads((out / "seed0-oracle_rl.json").read_text())
+    assert set(oracle_file["methods"]) == {"oracle_rl"} and "--methods oracle_rl" in oracle_file["command"]
+    oracle = oracle_file["methods"]["oracle_rl"]  # the diagnosis: GAD's warmup, then RL on the persona check
     assert oracle["steps"] == {"warmup": 4, "oracle_rl": 4}
     assert [p["stage"] for p in oracle["validation"]] == ["warmup", "warmup", "oracle_rl", "oracle_rl"]
-    assert oracle["validation"][:2] == gad["validation"][:2]  # the same warmup, measured once
+    assert oracle["validation"][:2] == gad["validation"][:2]  # the same warmup, rerun with the same seed
     assert oracle["chosen_step"] is None or oracle["chosen_step"] > 4  # chosen among its own RL steps
     for entry in (seqkd, gad, oracle):
         for which in ("last", "chosen"):
@@ -85,9 +90,8 @@ def test_one_seed_then_merge(collected, tmp_path):
     # a second seed file (the same numbers, another seed) is enough to check the paired arithmetic
     twin = {**saved, "seed": 1}
     (out / "seed1.json").write_text(json.dumps(twin))
-    merged = benchmark.main(
-        ["merge", str(out / "seed0.json"), str(out / "seed1.json"), "--out", str(tmp_path / "m.json")]
-    )
+    seed_files = [str(out / name) for name in ("seed0.json", "seed0-oracle_rl.json", "seed1.json")]
+    merged = benchmark.main(["merge", *seed_files, "--out", str(tmp_path / "m.json")])
     assert merged["seeds"] == [0, 1] and set(merged["goals"]) == {
         "c2st_points_closer_to_50", "style_at_least_seqkd", "no_more_degenerate", "d_acc_val_after_warmup",
     }  # fmt: skip
@@ -95,8 +99,13 @@ def test_one_seed_then_merge(collected, tmp_path):
     if closer["per_seed"]:
         assert closer["low"] == closer["mean"] == closer["high"]  # identical seeds: a zero-width interval
     assert all(isinstance(g["met"], bool) for g in merged["goals"].values())
-    assert set(merged["diagnosis_oracle_rl"]) == {"c2st_points_closer", "style_pass", "degenerate"}
+    diagnosis = merged["diagnosis_oracle_rl"]  # seed 0's files joined; seed 1 has no oracle run
+    assert set(diagnosis) == {"c2st_points_closer", "style_pass", "degenerate", "warmup_c2st_max_difference"}
+    assert diagnosis["warmup_c2st_max_difference"] == {"0": 0.0}
+    assert [p["methods"] for p in merged["per_seed"][0]["parts"]] == [["gad", "seqkd"], ["oracle_rl"]]
     assert "oracle_rl/last" in merged["table"]
+    with pytest.raises(SystemExit, match="seed 0 already has"):  # one file per method and seed
+        benchmark.merge([out / "seed0.json", out / "seed0.json"])
 
 
 def merged_d_val(benchmark, seed_file) -> float:
