@@ -5,7 +5,7 @@ import importlib.metadata
 import pytest
 
 from gad.errors import GadError
-from gad.models import BUILTIN_MODELS, resolve_model
+from gad.models import BUILTIN_MODELS, resolve_model, write_folder_once
 
 
 def test_minilm_alias_is_the_shipped_encoder():
@@ -29,3 +29,39 @@ def test_unknown_builtin_names_the_known_ones():
 
 def test_other_names_pass_through_unchanged(tmp_path):
     assert resolve_model(str(tmp_path)) == str(tmp_path)
+
+
+def _writer(text: str):
+    def write(folder):
+        (folder / "config.json").write_text(text)
+
+    return write
+
+
+def test_a_folder_written_once_is_moved_in_whole(tmp_path):
+    folder = tmp_path / "models" / "m"
+    assert write_folder_once(folder, _writer("first")) == folder
+    assert (folder / "config.json").read_text() == "first"
+    assert [p.name for p in folder.parent.iterdir()] == ["m"]  # no partial folder left
+
+
+def test_a_folder_another_process_moved_in_first_is_kept(tmp_path):
+    folder = tmp_path / "m"
+
+    def slow_writer(partial):  # while this one writes, another one finishes: two seeds converting one GGUF
+        write_folder_once(folder, _writer("other"))
+        _writer("late")(partial)
+
+    assert write_folder_once(folder, slow_writer) == folder
+    assert (folder / "config.json").read_text() == "other"
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_a_failed_write_leaves_nothing(tmp_path):
+    def failing(partial):
+        (partial / "half").write_text("x")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_folder_once(tmp_path / "m", failing)
+    assert list(tmp_path.iterdir()) == []

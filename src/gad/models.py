@@ -13,6 +13,8 @@ import importlib.metadata
 import logging
 import os
 import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from gad.errors import GadError
@@ -52,12 +54,8 @@ def resolve_model(name: str) -> str:
         return name
     if name == "builtin:tiny-llama":
         folder = cache_dir() / "tiny-llama"
-        if not (folder / "config.json").exists():  # built beside, then moved in whole: never seen half-written
-            partial = build_tiny_model(folder.with_name(f"{folder.name}.partial-{os.getpid()}"))
-            try:
-                partial.replace(folder)
-            except OSError:  # another process moved its copy in first
-                shutil.rmtree(partial, ignore_errors=True)
+        if not (folder / "config.json").exists():
+            write_folder_once(folder, build_tiny_model)
         return str(folder)
     if name == "builtin:smollm2":
         return resolve_model_id(SMOLLM2_ALIAS)
@@ -133,10 +131,34 @@ def first_layers(model_folder: str | Path, layers: int) -> Path:
         model = AutoModelForCausalLM.from_pretrained(source, config=config)
     finally:
         hf_logging.set_verbosity(verbosity)
-    partial = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(partial)
-    AutoTokenizer.from_pretrained(source).save_pretrained(partial)
-    partial.replace(folder)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return write_folder_once(folder, saving(model, tokenizer))
+
+
+def saving(*pretrained) -> Callable[[Path], None]:
+    """A writer for :func:`write_folder_once`: each object's ``save_pretrained`` (a model, its tokenizer)."""
+
+    def write(folder: Path) -> None:
+        for item in pretrained:
+            item.save_pretrained(folder)
+
+    return write
+
+
+def write_folder_once(folder: Path, write: Callable[[Path], object]) -> Path:
+    """Have ``write`` fill a folder of its own beside ``folder``, then move it in whole: a reader never sees a
+    half-written model, and processes that build the same one at once (two benchmark seeds, several ranks) do not
+    write into each other's files; the first one moved in is kept."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f"{folder.name}.partial-", dir=folder.parent))
+    try:
+        write(partial)
+        partial.replace(folder)
+    except OSError:
+        if not (folder / "config.json").exists():  # not another process's copy moved in first: a real failure
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
@@ -204,11 +226,7 @@ def convert_gguf(gguf: Path, folder: Path) -> Path:
     model.hf_quantizer = None  # weights are de-quantized already; save them as plain tensors
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.replace(folder)
-    return folder
+    return write_folder_once(folder, saving(model, tokenizer))
 
 
 # --- the built-in tiny model: nothing downloaded, weights drawn from a seed ---------------------------------------
