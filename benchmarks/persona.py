@@ -33,7 +33,7 @@ warmup is rerun; the merge reports how far the rerun's validation C2ST is from t
 
     python benchmarks/persona.py collect                       # once: the shipped teacher answers (minutes)
     nice python benchmarks/persona.py run --seeds 0            # -> benchmarks/results/persona/seed0.json (+ .html)
-    nice python benchmarks/persona.py run --seeds 1 2
+    nice python benchmarks/persona.py run --seeds 1 2 --jobs 2  # side by side, a process and a thread each
     python benchmarks/persona.py merge                         # -> benchmarks/results/persona.json
     python benchmarks/persona.py run --seeds 0 --quick         # minutes: a smaller everything, for iteration
     nice python benchmarks/persona.py run --seeds 0 --methods oracle_rl   # the diagnosis -> seed0-oracle_rl.json
@@ -46,10 +46,12 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -119,7 +121,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--eval-samples", type=int, default=2, help="student answers per test prompt")
     run.add_argument("--temperature", type=float, default=0.8, help="rollout and evaluation sampling temperature")
     run.add_argument("--c2st-splits", type=int, default=5, help="random halvings of the prompts for C2ST")
-    run.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    run.add_argument("--threads", type=int, default=None,
+                     help="torch threads (default: all cores, shared among --jobs)")  # fmt: skip
+    run.add_argument("--jobs", type=int, default=1,
+                     help="seeds trained at once, each in a process of its own (small models use several cores "
+                     "poorly: seeds side by side at 1 thread each finish sooner than one after another)")  # fmt: skip
     run.add_argument(
         "--workdir",
         type=Path,
@@ -517,8 +523,10 @@ def evaluate_methods(args, seed: int, work: Path, methods: dict, checker, checke
     return result
 
 
-# The training metrics a seed file keeps per step.
-CURVE_KEYS = ("loss", "sft_loss", "reward", "d_acc", "d_acc_val", "d_loss", "student_len", "teacher_len")
+# The training metrics a seed file keeps per step; frac_reward_zero_std (TRL's share of prompts whose samples all got
+# the same reward, so no gradient) is how much of an RL step a 0/1 reward such as the persona check wastes.
+CURVE_KEYS = ("loss", "sft_loss", "reward", "frac_reward_zero_std", "d_acc", "d_acc_val", "d_loss", "student_len",
+              "teacher_len")  # fmt: skip
 
 
 def seed_file_stem(args, seed: int) -> str:
@@ -672,6 +680,8 @@ def main(argv=None) -> dict:
     if args.quick:
         for key, value in QUICK_ARGS.items():
             setattr(args, key, value)
+    if args.jobs > 1 and len(args.seeds) > 1:
+        return run_seed_processes(args, argv)
     written = {}
     for seed in args.seeds:
         started = time.monotonic()
@@ -687,6 +697,40 @@ def main(argv=None) -> dict:
         result["goals"] = {}  # the goals are judged over seeds, by `merge`
         written[seed] = write_result(args.out_dir / f"{seed_file_stem(args, seed)}.json", "persona", result, argv)
     return written
+
+
+def run_seed_processes(args, argv) -> dict:
+    """``--jobs`` seeds at a time, each in a process of its own running this command for that seed alone (the cores
+    shared among them); each writes its own JSON as a run of one seed does. A failed seed stops nothing else and is
+    named at the end; an interrupted run stops its processes."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    waiting, running, failed = list(args.seeds), {}, []
+    try:
+        while waiting or running:
+            while waiting and len(running) < args.jobs:
+                seed = waiting.pop(0)
+                # the last of a repeated option wins
+                command = [sys.executable, __file__, *argv, "--seeds", str(seed), "--jobs", "1", "--threads",
+                           str(threads)]  # fmt: skip
+                running[seed] = subprocess.Popen(command)
+                log.info("seed %d: process %d, %d thread(s)", seed, running[seed].pid, threads)
+            time.sleep(1)
+            for seed, process in list(running.items()):
+                if process.poll() is not None:
+                    del running[seed]
+                    if process.returncode:
+                        failed.append(seed)
+    finally:
+        for process in running.values():
+            process.terminate()
+            process.wait()
+    if failed:
+        raise SystemExit(
+            f"persona run: seed(s) {sorted(failed)} failed (their output is above); the other seeds wrote their files"
+        )
+    paths = {seed: args.out_dir / f"{seed_file_stem(args, seed)}.json" for seed in args.seeds}
+    return {seed: json.loads(path.read_text(encoding="utf-8")) for seed, path in paths.items()}
 
 
 if __name__ == "__main__":

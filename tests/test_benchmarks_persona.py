@@ -49,12 +49,14 @@ def test_one_seed_then_merge(collected, tmp_path):
               "--style-regex", "e", "--discriminator", "first:2", "--seqkd-batch", "4", "--prompts-per-step", "2",
               "--generations", "2", "--seqkd-epochs", "2", "--gad-epochs", "1", "--eval-every", "2", "--eval-samples",
               "2", "--c2st-splits", "2", "--d-only-steps", "1", "--set", "gad.discriminator_updates=2"]  # fmt: skip
-    written = benchmark.main(["run", "--seeds", "0", "--out-dir", str(out), *common])
+    # two seeds side by side, each in a process of its own with one thread
+    written = benchmark.main(["run", "--seeds", "0", "1", "--jobs", "2", "--out-dir", str(out), *common])
     # the diagnosis added to the seed later, by a run of its own (its warmup rerun)
     benchmark.main(["run", "--seeds", "0", "--out-dir", str(out), *common, "--methods", "oracle_rl"])
-    assert sorted(p.name for p in out.glob("*.json")) == ["seed0-oracle_rl.json", "seed0.json"]
+    assert sorted(p.name for p in out.glob("*.json")) == ["seed0-oracle_rl.json", "seed0.json", "seed1.json"]
     saved = json.loads((out / "seed0.json").read_text())
     assert saved == written[0] and "persona.py run" in saved["command"] and saved["environment"]["versions"]["torch"]
+    assert saved["command"].endswith("--seeds 0 --jobs 1 --threads 1") and saved["environment"]["torch_threads"] == 1
     seqkd, gad = saved["methods"]["seqkd"], saved["methods"]["gad"]
     assert seqkd["steps"] == {"seqkd": 4}  # 2 epochs of 8 prompts at 4 a step
     assert gad["steps"] == {"warmup": 4, "gad": 4}  # 1 warmup epoch + 1 adversarial epoch, 2 prompts a step
@@ -87,17 +89,14 @@ def test_one_seed_then_merge(collected, tmp_path):
     page = (out / "seed0.html").read_text()
     assert "Persona benchmark, seed 0" in page and 'alt="Validation C2ST' in page
 
-    # a second seed file (the same numbers, another seed) is enough to check the paired arithmetic
-    twin = {**saved, "seed": 1}
-    (out / "seed1.json").write_text(json.dumps(twin))
     seed_files = [str(out / name) for name in ("seed0.json", "seed0-oracle_rl.json", "seed1.json")]
     merged = benchmark.main(["merge", *seed_files, "--out", str(tmp_path / "m.json")])
     assert merged["seeds"] == [0, 1] and set(merged["goals"]) == {
         "c2st_points_closer_to_50", "style_at_least_seqkd", "no_more_degenerate", "d_acc_val_after_warmup",
     }  # fmt: skip
-    closer = merged["paired"]["c2st_points_closer"]
-    if closer["per_seed"]:
-        assert closer["low"] == closer["mean"] == closer["high"]  # identical seeds: a zero-width interval
+    chosen = [(s["methods"]["gad"]["chosen"], s["methods"]["seqkd"]["chosen"]) for s in (saved, written[1])]
+    expected = [abs(b["c2st"] - 50) - abs(g["c2st"] - 50) for g, b in chosen if g and b]
+    assert merged["paired"]["c2st_points_closer"]["per_seed"] == pytest.approx(expected)
     assert all(isinstance(g["met"], bool) for g in merged["goals"].values())
     diagnosis = merged["diagnosis_oracle_rl"]  # seed 0's files joined; seed 1 has no oracle run
     assert set(diagnosis) == {"c2st_points_closer", "style_pass", "degenerate", "warmup_c2st_max_difference"}
@@ -106,6 +105,13 @@ def test_one_seed_then_merge(collected, tmp_path):
     assert "oracle_rl/last" in merged["table"]
     with pytest.raises(SystemExit, match="seed 0 already has"):  # one file per method and seed
         benchmark.merge([out / "seed0.json", out / "seed0.json"])
+
+
+def test_a_failed_seed_process_is_named(tmp_path):
+    with pytest.raises(SystemExit, match=r"seed\(s\) \[0, 1\] failed"):
+        _load_benchmark().main(["run", "--seeds", "0", "1", "--jobs", "2", "--model", "builtin:tiny-llama",
+                                "--data-dir", str(tmp_path / "missing"), "--out-dir", str(tmp_path)])  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
 
 
 def merged_d_val(benchmark, seed_file) -> float:
