@@ -124,8 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--threads", type=int, default=None,
                      help="torch threads (default: all cores, shared among --jobs)")  # fmt: skip
     run.add_argument("--jobs", type=int, default=1,
-                     help="seeds trained at once, each in a process of its own (small models use several cores "
-                     "poorly: seeds side by side at 1 thread each finish sooner than one after another)")  # fmt: skip
+                     help="seeds trained at once, each in a process of its own with an equal share of the cores "
+                     "(--threads each if given)")  # fmt: skip
     run.add_argument(
         "--workdir",
         type=Path,
