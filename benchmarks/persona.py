@@ -117,6 +117,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                      help="what to train; oracle_rl is the diagnosis: GAD's adversarial stage from the same warmup "
                      "with the persona check as the reward (reward_source: style_regex) instead of the discriminator, "
                      "what RL reaches at this step count with a perfect reward (not GAD)")  # fmt: skip
+    run.add_argument("--gad-name", default="gad", type=_method_name,
+                     help="the name GAD's results are recorded under; another name adds a GAD variant to seeds that "
+                     "already have GAD (e.g. --methods gad --gad-name gad_student --discriminator student -> "
+                     "seedN-gad_student.json); merge pairs each variant with SeqKD, the goals judge `gad`")  # fmt: skip
     run.add_argument("--eval-every", type=int, default=12, help="validation every N steps, both methods")
     run.add_argument("--eval-samples", type=int, default=2, help="student answers per test prompt")
     run.add_argument("--temperature", type=float, default=0.8, help="rollout and evaluation sampling temperature")
@@ -138,6 +142,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     merge.add_argument("inputs", nargs="*", type=Path, help=f"seed JSON files (default: {OUT_DIR}/seed*.json)")
     merge.add_argument("--out", type=Path, default=RESULTS / "persona.json")
     return parser.parse_args(argv)
+
+
+def _method_name(name: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in ("seqkd", "oracle_rl"):
+        raise argparse.ArgumentTypeError(f"{name!r}: lower-case letters, digits and _, not seqkd or oracle_rl")
+    return name
 
 
 def _teacher_options(parser) -> None:
@@ -460,7 +470,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
 
     started = time.monotonic()
     # GAD's checkpoint may be its warmup's, so its tracker watches the warmup too
-    tracker = validation_tracker("gad", val_teacher, checker, args, seed, work / "gad-best")
+    tracker = validation_tracker(args.gad_name, val_teacher, checker, args, seed, work / f"{args.gad_name}-best")
     tracker.start_stage("warmup", 0)
     warmup = run_stage("warmup", configs["warmup"], overwrite=True, callbacks=[tracker])
     warmup_seconds, warmup_curve = time.monotonic() - started, list(tracker.curve)
@@ -468,7 +478,7 @@ def run_seed(args, seed: int, work: Path) -> dict:
     if "gad" in args.methods:
         tracker.start_stage("gad", warmup.global_step)
         gad = run_stage("gad", configs["gad"], overwrite=True, callbacks=[tracker])
-        methods["gad"] = {
+        methods[args.gad_name] = {
             "tracker": tracker,
             "last": gad.layout.student,
             "steps": {"warmup": warmup.global_step, "gad": gad.global_step},
@@ -532,7 +542,8 @@ CURVE_KEYS = ("loss", "sft_loss", "reward", "frac_reward_zero_std", "d_acc", "d_
 def seed_file_stem(args, seed: int) -> str:
     """seedN, or seedN-METHODS for a run of only some methods; a quick run is never merged with full ones (merge reads
     seed*.json)."""
-    methods = "" if {"seqkd", "gad"} <= set(args.methods) else "-" + "+".join(m for m in METHODS if m in args.methods)
+    named = [args.gad_name if m == "gad" else m for m in METHODS if m in args.methods]
+    methods = "" if named[:2] == ["seqkd", "gad"] else "-" + "+".join(named)
     return f"{'quick_' if args.quick else ''}seed{seed}{methods}"
 
 
@@ -569,7 +580,10 @@ def report(work: Path, result: dict, path: Path) -> None:
 
 def merge(paths: list[Path]) -> dict:
     seeds = join_seed_files(paths)
-    methods = [m for m in ("seqkd", "gad", "oracle_rl") if any(m in s["methods"] for s in seeds)]
+    # SeqKD, GAD, the GAD variants of --gad-name (in the order first met), the diagnosis
+    found = list(dict.fromkeys(m for s in seeds for m in s["methods"]))
+    variants = [m for m in found if m not in METHODS]
+    methods = [m for m in ("seqkd", "gad", *variants, "oracle_rl") if m in found]
     table: dict[str, dict] = {}
     for name in methods:
         for which in ("chosen", "last"):
@@ -581,10 +595,7 @@ def merge(paths: list[Path]) -> dict:
             }
     gad = against_seqkd(seeds, "gad")
     closer, style, degenerate = gad["c2st_points_closer"], gad["style_pass"], gad["degenerate"]
-    # d_acc_val at the end of each seed's warmup (its last measurement in that stage), averaged over seeds
-    d_val = [vals[-1] for s in seeds if (vals := [h["d_acc_val"] for h in s["methods"].get("gad", {}).get("curves", [])
-                                                  if "d_acc_val" in h and h.get("stage") == "warmup"])]  # fmt: skip
-    d_val_mean = _round(statistics.mean(d_val)) if d_val else None
+    d_val_mean = d_acc_val_after_warmup(seeds, "gad")
     goals = {
         "c2st_points_closer_to_50": goal(closer, _at_least(closer["mean"], GOAL_C2ST_POINTS) and
                                          _at_least(closer["low"], 1e-12), f">= {GOAL_C2ST_POINTS:g} points, 95 % "
@@ -596,12 +607,23 @@ def merge(paths: list[Path]) -> dict:
                                        ">= 0.8 at the end of warmup, mean over seeds (logged as d_acc_val)"),
     }  # fmt: skip
     merged = {"seeds": [s["seed"] for s in seeds], "per_seed": seeds, "table": table, "paired": gad, "goals": goals}
+    if variants:  # measured beside GAD, paired with the same SeqKD; the goals stay GAD's
+        merged["variants"] = {name: {**against_seqkd(seeds, name),
+                                     "d_acc_val_after_warmup": d_acc_val_after_warmup(seeds, name)}
+                              for name in variants}  # fmt: skip
     if "oracle_rl" in methods:  # the diagnosis of item 4: what RL reaches with the persona check as its reward
         merged["diagnosis_oracle_rl"] = against_seqkd(seeds, "oracle_rl")
         merged["diagnosis_oracle_rl"]["warmup_c2st_max_difference"] = {
             str(s["seed"]): warmup_difference(s) for s in seeds if "gad" in s["methods"] and "oracle_rl" in s["methods"]
         }
     return merged
+
+
+def d_acc_val_after_warmup(seeds: list[dict], method: str) -> float | None:
+    """d_acc_val at the end of each seed's warmup (its last measurement in that stage), averaged over seeds."""
+    ends = [vals[-1] for s in seeds if (vals := [h["d_acc_val"] for h in s["methods"].get(method, {}).get("curves", [])
+                                                 if "d_acc_val" in h and h.get("stage") == "warmup"])]  # fmt: skip
+    return _round(statistics.mean(ends)) if ends else None
 
 
 def join_seed_files(paths: list[Path]) -> list[dict]:
