@@ -675,7 +675,22 @@ def print_table(merged: dict) -> None:
     print(f"{'':<16}" + "".join(f"{k:>12}" for k in keys))
     for name, row in merged["table"].items():
         print(f"{name:<16}" + "".join(f"{row[k]['mean']:>12.2f}" if k in row else f"{'-':>12}" for k in keys))
+    paired = {"gad": merged["paired"], **merged.get("variants", {})}
+    if "diagnosis_oracle_rl" in merged:
+        paired["oracle_rl"] = merged["diagnosis_oracle_rl"]
+    print("\nPaired with SeqKD (chosen checkpoints): mean [95 % interval]")
+    for name, entry in paired.items():
+        print(f"{name:<16}" + "  ".join(f"{key} {_interval(entry[key])}" for key in
+                                          ("c2st_points_closer", "style_pass", "degenerate")))  # fmt: skip
     print_goals(merged["goals"])
+
+
+def _interval(paired: dict) -> str:
+    if paired["mean"] is None:
+        return "-"
+    if paired["low"] is None:
+        return f"{paired['mean']:+.1f}"
+    return f"{paired['mean']:+.1f} [{paired['low']:+.1f}, {paired['high']:+.1f}]"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -51,9 +51,11 @@ def test_one_seed_then_merge(collected, tmp_path):
               "2", "--c2st-splits", "2", "--d-only-steps", "1", "--set", "gad.discriminator_updates=2"]  # fmt: skip
     # two seeds side by side, each in a process of its own with one thread
     written = benchmark.main(["run", "--seeds", "0", "1", "--jobs", "2", "--out-dir", str(out), *common])
-    # the diagnosis added to the seed later, by a run of its own (its warmup rerun)
-    benchmark.main(["run", "--seeds", "0", "--out-dir", str(out), *common, "--methods", "oracle_rl"])
-    assert sorted(p.name for p in out.glob("*.json")) == ["seed0-oracle_rl.json", "seed0.json", "seed1.json"]
+    # the diagnosis and a GAD variant added to the seed later, by a run of their own (the warmup rerun)
+    benchmark.main(["run", "--seeds", "0", "--out-dir", str(out), *common, "--methods", "gad", "oracle_rl",
+                    "--gad-name", "gad_top", "--disc-top-layers", "1"])  # fmt: skip
+    later = "seed0-gad_top+oracle_rl.json"
+    assert sorted(p.name for p in out.glob("*.json")) == [later, "seed0.json", "seed1.json"]
     saved = json.loads((out / "seed0.json").read_text())
     assert saved == written[0] and "persona.py run" in saved["command"] and saved["environment"]["versions"]["torch"]
     assert saved["command"].endswith("--seeds 0 --jobs 1 --threads 1") and saved["environment"]["torch_threads"] == 1
@@ -64,8 +66,9 @@ def test_one_seed_then_merge(collected, tmp_path):
     assert [p["stage"] for p in gad["validation"]] == ["warmup", "warmup", "gad", "gad"]
     assert [p["step"] for p in gad["validation"]] == [2, 4, 6, 8]  # GAD's steps continue across its two stages
     assert set(saved["methods"]) == {"seqkd", "gad"}
-    oracle_file = json.loads((out / "seed0-oracle_rl.json").read_text())
-    assert set(oracle_file["methods"]) == {"oracle_rl"} and "--methods oracle_rl" in oracle_file["command"]
+    oracle_file = json.loads((out / later).read_text())
+    assert set(oracle_file["methods"]) == {"gad_top", "oracle_rl"} and "oracle_rl --gad-name" in oracle_file["command"]
+    assert oracle_file["methods"]["gad_top"]["steps"] == gad["steps"]
     oracle = oracle_file["methods"]["oracle_rl"]  # the diagnosis: GAD's warmup, then RL on the persona check
     assert oracle["steps"] == {"warmup": 4, "oracle_rl": 4}
     assert [p["stage"] for p in oracle["validation"]] == ["warmup", "warmup", "oracle_rl", "oracle_rl"]
@@ -89,7 +92,7 @@ def test_one_seed_then_merge(collected, tmp_path):
     page = (out / "seed0.html").read_text()
     assert "Persona benchmark, seed 0" in page and 'alt="Validation C2ST' in page
 
-    seed_files = [str(out / name) for name in ("seed0.json", "seed0-oracle_rl.json", "seed1.json")]
+    seed_files = [str(out / name) for name in ("seed0.json", later, "seed1.json")]
     merged = benchmark.main(["merge", *seed_files, "--out", str(tmp_path / "m.json")])
     assert merged["seeds"] == [0, 1] and set(merged["goals"]) == {
         "c2st_points_closer_to_50", "style_at_least_seqkd", "no_more_degenerate", "d_acc_val_after_warmup",
@@ -101,8 +104,15 @@ def test_one_seed_then_merge(collected, tmp_path):
     diagnosis = merged["diagnosis_oracle_rl"]  # seed 0's files joined; seed 1 has no oracle run
     assert set(diagnosis) == {"c2st_points_closer", "style_pass", "degenerate", "warmup_c2st_max_difference"}
     assert diagnosis["warmup_c2st_max_difference"] == {"0": 0.0}
-    assert [p["methods"] for p in merged["per_seed"][0]["parts"]] == [["gad", "seqkd"], ["oracle_rl"]]
-    assert "oracle_rl/last" in merged["table"]
+    assert [p["methods"] for p in merged["per_seed"][0]["parts"]] == [["gad", "seqkd"], ["gad_top", "oracle_rl"]]
+    assert [k for k in merged["table"] if k.endswith("/last")] == ["seqkd/last", "gad/last", "gad_top/last",
+                                                                   "oracle_rl/last"]  # fmt: skip
+    variant = merged["variants"]["gad_top"]  # paired with seed 0's SeqKD, beside GAD; the goals stay GAD's
+    top = oracle_file["methods"]["gad_top"]
+    top_warmup_end = [row["d_acc_val"] for row in top["curves"] if "d_acc_val" in row and row["stage"] == "warmup"]
+    assert variant["d_acc_val_after_warmup"] == top_warmup_end[-1]
+    if top["chosen"] and seqkd["chosen"]:
+        assert variant["style_pass"]["per_seed"] == [top["chosen"]["style_pass"] - seqkd["chosen"]["style_pass"]]
     with pytest.raises(SystemExit, match="seed 0 already has"):  # one file per method and seed
         benchmark.merge([out / "seed0.json", out / "seed0.json"])
 
@@ -112,6 +122,13 @@ def test_a_failed_seed_process_is_named(tmp_path):
         _load_benchmark().main(["run", "--seeds", "0", "1", "--jobs", "2", "--model", "builtin:tiny-llama",
                                 "--data-dir", str(tmp_path / "missing"), "--out-dir", str(tmp_path)])  # fmt: skip
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["seqkd", "oracle_rl", "GAD", "gad-student", ""])
+def test_a_gad_name_that_would_clash_is_refused(name, capsys):
+    with pytest.raises(SystemExit):
+        _BENCHMARK.parse_args(["run", "--gad-name", name])
+    assert "--gad-name" in capsys.readouterr().err
 
 
 def merged_d_val(benchmark, seed_file) -> float:
