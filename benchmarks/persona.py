@@ -37,6 +37,8 @@ warmup is rerun; the merge reports how far the rerun's validation C2ST is from t
     python benchmarks/persona.py merge                         # -> benchmarks/results/persona.json
     python benchmarks/persona.py run --seeds 0 --quick         # minutes: a smaller everything, for iteration
     nice python benchmarks/persona.py run --seeds 0 --methods oracle_rl   # the diagnosis -> seed0-oracle_rl.json
+    nice python benchmarks/persona.py run --seeds 0 --methods gad --gad-name gad_student --discriminator student
+                                                               # a GAD variant -> seed0-gad_student.json
 """
 
 from __future__ import annotations
