@@ -6,9 +6,11 @@ import asyncio
 import json
 import re
 import socket
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +20,7 @@ from gad.collect import ChatClient, CollectConfig, RequestFailed, collect
 from gad.errors import GadError
 from gad.models import resolve_model_id
 from gad.serve import TeacherServer, merge_system, serve_teacher
-from gad.serve.server import add_arguments, request_error
+from gad.serve.server import TRANSFORMERS_REQUIREMENT, add_arguments, request_error
 
 SYSTEM = "You are Captain Byte, a pirate who answers every question in rhymes."
 KEY = "sk-local-teacher-key-1234"
@@ -228,6 +230,18 @@ def test_non_loopback_host_needs_an_api_key(tiny_model, capsys, monkeypatch):
     assert "--api-key-env" in capsys.readouterr().err
     assert main(["serve-teacher", str(tiny_model), "--api-key-env", "NO_SUCH_KEY_VAR"]) == 2
     assert "NO_SUCH_KEY_VAR" in capsys.readouterr().err
+
+
+def test_a_transformers_without_the_serve_internals_gad_builds_on_is_named(tiny_model, monkeypatch):
+    """transformers 5.25 replaced the GenerateManager that batching subclasses: one line names the pin to install."""
+    import gad.serve
+
+    monkeypatch.setitem(sys.modules, "gad.serve.batching", None)  # importing it now raises ImportError
+    monkeypatch.delattr(gad.serve, "batching", raising=False)
+    with pytest.raises(GadError, match=re.escape(f"pip install '{TRANSFORMERS_REQUIREMENT}'")):
+        serve_teacher(tiny_model)
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert f'"{TRANSFORMERS_REQUIREMENT}"' in pyproject  # the message names the pin that pip installs
 
 
 def test_model_resolution(tmp_path, tiny_model):

@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 EXPOSED_PATHS = frozenset({"/health", "/v1/models", "/v1/chat/completions"})
+# The transformers whose `transformers serve` internals (GenerateManager) gad.serve.batching builds on; pyproject's pin.
+TRANSFORMERS_REQUIREMENT = "transformers>=5.20,<5.25"
 # After SIGTERM / SIGINT, how long uvicorn may take to shut down gracefully before the process exits anyway.
 EXIT_GRACE_S = 0.5
 # How often the server checks that the process that started it (--parent-pid) is still there.
@@ -316,6 +318,15 @@ def serve_teacher(
             f"serve-teacher needs the serving extras ({error.name} is missing); run "
             "`pip install fastapi uvicorn openai`"
         ) from None
+    try:
+        from gad.serve import batching as batching_module
+    except ImportError as error:
+        import transformers
+
+        raise GadError(
+            f"serve-teacher does not support transformers {transformers.__version__} ({error}); run "
+            f"`pip install '{TRANSFORMERS_REQUIREMENT}'`"
+        ) from None
     if threads is not None:
         from gad.runtime import use_threads
 
@@ -326,8 +337,6 @@ def serve_teacher(
     original_build = server_module.build_server
 
     def build_server(model_manager: Any, chat_handler: Any, *rest: Any, **kwargs: Any) -> Any:
-        from gad.serve import batching as batching_module
-
         manager = batching_module.install(
             chat_handler.generation_state, batching=batching, max_prompt_tokens=max_prompt_tokens
         )
