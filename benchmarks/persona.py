@@ -613,6 +613,8 @@ def merge(paths: list[Path]) -> dict:
         merged["variants"] = {name: {**against_seqkd(seeds, name),
                                      "d_acc_val_after_warmup": d_acc_val_after_warmup(seeds, name)}
                               for name in variants}  # fmt: skip
+    # the last checkpoints, paired the same way: no selection on validation; not what the goals judge
+    merged["paired_last"] = {name: against_seqkd(seeds, name, "last") for name in methods if name != "seqkd"}
     if "oracle_rl" in methods:  # the diagnosis of item 4: what RL reaches with the persona check as its reward
         merged["diagnosis_oracle_rl"] = against_seqkd(seeds, "oracle_rl")
         merged["diagnosis_oracle_rl"]["warmup_c2st_max_difference"] = {
@@ -654,11 +656,11 @@ def warmup_difference(seed: dict) -> float | None:
     return _round(max(abs(a - b) for a, b in pairs)) if pairs else None
 
 
-def against_seqkd(seeds: list[dict], method: str) -> dict:
-    """Paired differences (method - SeqKD, chosen checkpoints, seeds that have both) with their 95 % intervals."""
+def against_seqkd(seeds: list[dict], method: str, which: str = "chosen") -> dict:
+    """Paired differences (method - SeqKD, ``which`` checkpoints of seeds that have both) with their 95 % intervals."""
     both = [(m, base) for s in seeds
-            if (m := (s["methods"].get(method) or {}).get("chosen")) and
-            (base := (s["methods"].get("seqkd") or {}).get("chosen"))]  # fmt: skip
+            if (m := (s["methods"].get(method) or {}).get(which)) and
+            (base := (s["methods"].get("seqkd") or {}).get(which))]  # fmt: skip
     return {
         "c2st_points_closer": paired_interval([abs(base["c2st"] - 50) - abs(m["c2st"] - 50) for m, base in both]),
         "style_pass": paired_interval([m["style_pass"] - base["style_pass"] for m, base in both]),
@@ -680,10 +682,11 @@ def print_table(merged: dict) -> None:
     paired = {"gad": merged["paired"], **merged.get("variants", {})}
     if "diagnosis_oracle_rl" in merged:
         paired["oracle_rl"] = merged["diagnosis_oracle_rl"]
-    print("\nPaired with SeqKD (chosen checkpoints): mean [95 % interval]")
-    for name, entry in paired.items():
-        print(f"{name:<16}" + "  ".join(f"{key} {_interval(entry[key])}" for key in
-                                          ("c2st_points_closer", "style_pass", "degenerate")))  # fmt: skip
+    for which, entries in (("chosen", paired), ("last", merged["paired_last"])):
+        print(f"\nPaired with SeqKD ({which} checkpoints): mean [95 % interval]")
+        for name, entry in entries.items():
+            print(f"{name:<16}" + "  ".join(f"{key} {_interval(entry[key])}" for key in
+                                              ("c2st_points_closer", "style_pass", "degenerate")))  # fmt: skip
     print_goals(merged["goals"])
 
 
