@@ -122,7 +122,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--gad-name", default="gad", type=_method_name,
                      help="the name GAD's results are recorded under; another name adds a GAD variant to seeds that "
                      "already have GAD (e.g. --methods gad --gad-name gad_student --discriminator student -> "
-                     "seedN-gad_student.json); merge pairs each variant with SeqKD, the goals judge `gad`")  # fmt: skip
+                     "seedN-gad_student.json); merge pairs each variant with SeqKD and judges it by the same goals as "
+                     "`gad`")  # fmt: skip
     run.add_argument("--eval-every", type=int, default=12, help="validation every N steps, both methods")
     run.add_argument("--eval-samples", type=int, default=2, help="student answers per test prompt")
     run.add_argument("--temperature", type=float, default=0.8, help="rollout and evaluation sampling temperature")
@@ -596,9 +597,27 @@ def merge(paths: list[Path]) -> dict:
                 if runs
             }
     gad = against_seqkd(seeds, "gad")
-    closer, style, degenerate = gad["c2st_points_closer"], gad["style_pass"], gad["degenerate"]
-    d_val_mean = d_acc_val_after_warmup(seeds, "gad")
-    goals = {
+    merged = {"seeds": [s["seed"] for s in seeds], "per_seed": seeds, "table": table, "paired": gad,
+              "goals": judge_goals(gad, d_acc_val_after_warmup(seeds, "gad"))}  # fmt: skip
+    if variants:  # measured beside GAD, paired with the same SeqKD, each judged by the same goals (`goals` stays GAD's)
+        merged["variants"] = {}
+        for name in variants:
+            paired, d_val = against_seqkd(seeds, name), d_acc_val_after_warmup(seeds, name)
+            merged["variants"][name] = {**paired, "d_acc_val_after_warmup": d_val, "goals": judge_goals(paired, d_val)}
+    # the last checkpoints, paired the same way: no selection on validation; not what the goals judge
+    merged["paired_last"] = {name: against_seqkd(seeds, name, "last") for name in methods if name != "seqkd"}
+    if "oracle_rl" in methods:  # the diagnosis of item 4: what RL reaches with the persona check as its reward
+        merged["diagnosis_oracle_rl"] = against_seqkd(seeds, "oracle_rl")
+        merged["diagnosis_oracle_rl"]["warmup_c2st_max_difference"] = {
+            str(s["seed"]): warmup_difference(s) for s in seeds if "gad" in s["methods"] and "oracle_rl" in s["methods"]
+        }
+    return merged
+
+
+def judge_goals(paired: dict, d_val_mean: float | None) -> dict:
+    """The issue's goals for one method: its paired differences with SeqKD and its d_acc_val at the end of warmup."""
+    closer, style, degenerate = paired["c2st_points_closer"], paired["style_pass"], paired["degenerate"]
+    return {
         "c2st_points_closer_to_50": goal(closer, _at_least(closer["mean"], GOAL_C2ST_POINTS) and
                                          _at_least(closer["low"], 1e-12), f">= {GOAL_C2ST_POINTS:g} points, 95 % "
                                          "interval above 0"),
@@ -608,19 +627,6 @@ def merge(paths: list[Path]) -> dict:
         "d_acc_val_after_warmup": goal(d_val_mean, _at_least(d_val_mean, 0.8),
                                        ">= 0.8 at the end of warmup, mean over seeds (logged as d_acc_val)"),
     }  # fmt: skip
-    merged = {"seeds": [s["seed"] for s in seeds], "per_seed": seeds, "table": table, "paired": gad, "goals": goals}
-    if variants:  # measured beside GAD, paired with the same SeqKD; the goals stay GAD's
-        merged["variants"] = {name: {**against_seqkd(seeds, name),
-                                     "d_acc_val_after_warmup": d_acc_val_after_warmup(seeds, name)}
-                              for name in variants}  # fmt: skip
-    # the last checkpoints, paired the same way: no selection on validation; not what the goals judge
-    merged["paired_last"] = {name: against_seqkd(seeds, name, "last") for name in methods if name != "seqkd"}
-    if "oracle_rl" in methods:  # the diagnosis of item 4: what RL reaches with the persona check as its reward
-        merged["diagnosis_oracle_rl"] = against_seqkd(seeds, "oracle_rl")
-        merged["diagnosis_oracle_rl"]["warmup_c2st_max_difference"] = {
-            str(s["seed"]): warmup_difference(s) for s in seeds if "gad" in s["methods"] and "oracle_rl" in s["methods"]
-        }
-    return merged
 
 
 def d_acc_val_after_warmup(seeds: list[dict], method: str) -> float | None:
@@ -687,7 +693,11 @@ def print_table(merged: dict) -> None:
         for name, entry in entries.items():
             print(f"{name:<16}" + "  ".join(f"{key} {_interval(entry[key])}" for key in
                                               ("c2st_points_closer", "style_pass", "degenerate")))  # fmt: skip
+    print("\nGoals (gad)")
     print_goals(merged["goals"])
+    for name, variant in merged.get("variants", {}).items():
+        print(f"\nGoals ({name}, beside)")
+        print_goals(variant["goals"])
 
 
 def _interval(paired: dict) -> str:

@@ -112,7 +112,10 @@ def test_one_seed_then_merge(collected, tmp_path):
     assert [p["methods"] for p in merged["per_seed"][0]["parts"]] == [["gad", "seqkd"], ["gad_top", "oracle_rl"]]
     assert [k for k in merged["table"] if k.endswith("/last")] == ["seqkd/last", "gad/last", "gad_top/last",
                                                                    "oracle_rl/last"]  # fmt: skip
-    variant = merged["variants"]["gad_top"]  # paired with seed 0's SeqKD, beside GAD; the goals stay GAD's
+    variant = merged["variants"]["gad_top"]  # paired with seed 0's SeqKD, beside GAD, judged by the same goals
+    assert set(variant["goals"]) == set(merged["goals"])
+    assert variant["goals"]["d_acc_val_after_warmup"]["value"] == variant["d_acc_val_after_warmup"]
+    assert variant["goals"]["style_at_least_seqkd"]["value"] == variant["style_pass"]
     top = oracle_file["methods"]["gad_top"]
     top_warmup_end = [row["d_acc_val"] for row in top["curves"] if "d_acc_val" in row and row["stage"] == "warmup"]
     assert variant["d_acc_val_after_warmup"] == top_warmup_end[-1]
