@@ -682,16 +682,17 @@ def _at_least(value: float | None, bound: float) -> bool:
 def print_table(merged: dict) -> None:
     print(f"\nPersona benchmark, seeds {merged['seeds']} (test set; C2ST 50 % = indistinguishable)")
     keys = ("c2st", "style_pass", "degenerate", "distinct_2", "rouge_l", "len_ratio")
-    print(f"{'':<16}" + "".join(f"{k:>12}" for k in keys))
+    width = max(map(len, merged["table"])) + 2  # table names are the longest: "NAME/chosen"
+    print(f"{'':<{width}}" + "".join(f"{k:>12}" for k in keys))
     for name, row in merged["table"].items():
-        print(f"{name:<16}" + "".join(f"{row[k]['mean']:>12.2f}" if k in row else f"{'-':>12}" for k in keys))
+        print(f"{name:<{width}}" + "".join(f"{row[k]['mean']:>12.2f}" if k in row else f"{'-':>12}" for k in keys))
     paired = {"gad": merged["paired"], **merged.get("variants", {})}
     if "diagnosis_oracle_rl" in merged:
         paired["oracle_rl"] = merged["diagnosis_oracle_rl"]
     for which, entries in (("chosen", paired), ("last", merged["paired_last"])):
         print(f"\nPaired with SeqKD ({which} checkpoints): mean [95 % interval]")
         for name, entry in entries.items():
-            print(f"{name:<16}" + "  ".join(f"{key} {_interval(entry[key])}" for key in
+            print(f"{name:<{width}}" + "  ".join(f"{key} {_interval(entry[key])}" for key in
                                               ("c2st_points_closer", "style_pass", "degenerate")))  # fmt: skip
     print("\nGoals (gad)")
     print_goals(merged["goals"])
