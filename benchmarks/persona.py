@@ -44,6 +44,7 @@ warmup is rerun; the merge reports how far the rerun's validation C2ST is from t
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import logging
@@ -83,8 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     _teacher_options(collect)
     collect.add_argument("--train-prompts", type=int, default=192)
     collect.add_argument("--val-prompts", type=int, default=48)
-    collect.add_argument("--test-prompts", type=int, default=30, help="per test set (vicuna80, selfinst252)")
-    collect.add_argument("--test-samples", type=int, default=2, help="teacher answers per test prompt")
+    collect.add_argument("--val-samples", type=int, default=4, help="teacher answers per validation prompt")
+    collect.add_argument("--test-prompts", type=int, default=80, help="per test set (vicuna80, selfinst252)")
+    collect.add_argument("--test-samples", type=int, default=4, help="teacher answers per test prompt")
     collect.add_argument("--max-prompt-chars", type=int, default=200, help="test prompts at most this long")
 
     run = commands.add_parser("run", help="train and evaluate SeqKD and GAD for some seeds (one JSON per seed)")
@@ -125,7 +127,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "seedN-gad_student.json); merge pairs each variant with SeqKD and judges it by the same goals as "
                      "`gad`")  # fmt: skip
     run.add_argument("--eval-every", type=int, default=12, help="validation every N steps, both methods")
-    run.add_argument("--eval-samples", type=int, default=2, help="student answers per test prompt")
+    run.add_argument("--eval-samples", type=int, default=None,
+                     help="student answers per test prompt (default: as many as the teacher's, so that C2ST compares "
+                     "equal numbers)")  # fmt: skip
     run.add_argument("--temperature", type=float, default=0.8, help="rollout and evaluation sampling temperature")
     run.add_argument("--c2st-splits", type=int, default=5, help="random halvings of the prompts for C2ST")
     run.add_argument("--threads", type=int, default=None,
@@ -144,6 +148,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     merge = commands.add_parser("merge", help="the table over seeds, with paired differences")
     merge.add_argument("inputs", nargs="*", type=Path, help=f"seed JSON files (default: {OUT_DIR}/seed*.json)")
     merge.add_argument("--out", type=Path, default=RESULTS / "persona.json")
+
+    noise = commands.add_parser("noise", help="how much one model's test C2ST moves from one sampling to the next")
+    noise.add_argument("model_folder", type=Path, help="a student folder (e.g. WORKDIR/seed0/seqkd-best)")
+    _teacher_options(noise)
+    noise.add_argument("--repeats", type=int, default=3, help="samplings of the test answers, each with its own seed")
+    noise.add_argument("--temperature", type=float, default=0.8)
+    noise.add_argument("--c2st-splits", type=int, default=5)
+    noise.add_argument("--out", type=Path, default=RESULTS / "persona_noise.json")
     return parser.parse_args(argv)
 
 
@@ -168,8 +180,7 @@ VALIDATION_CURVES = (
 )
 # --quick: the first prompts of each split, and shorter everything (the shipped data stays the same).
 QUICK_PROMPTS = {"train": 24, "val": 8, "test": 8}
-QUICK_ARGS = {"seqkd_epochs": 1.0, "warmup_epochs": 1.0, "gad_epochs": 1.0, "eval_every": 3, "eval_samples": 1,
-              "c2st_splits": 2}  # fmt: skip
+QUICK_ARGS = {"seqkd_epochs": 1.0, "warmup_epochs": 1.0, "gad_epochs": 1.0, "eval_every": 3, "c2st_splits": 2}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -230,9 +241,9 @@ def collect_data(args) -> dict:
                 prompt_file = write_prompts(rows, Path(tmp) / f"{split}-prompts.jsonl")
                 config = CollectConfig(
                     prompts=prompt_file, out=out / f"{split}.jsonl", model=teacher, base_url=server.base_url,
-                    n=args.test_samples if split == "test" else 1, temperature=0.7, max_tokens=args.max_new_tokens,
-                    seed=0, cache=cache, drop_truncated=False, refusal_regex=None, timeout=600,
-                    progress=True,
+                    n={"train": 1, "val": args.val_samples, "test": args.test_samples}[split], temperature=0.7,
+                    max_tokens=args.max_new_tokens, seed=0, cache=cache, drop_truncated=False, refusal_regex=None,
+                    timeout=600, progress=True,
                 )  # fmt: skip
                 summary = collect(config)
                 log.info("%s: %d teacher answers", split, summary.rows_written)
@@ -255,6 +266,33 @@ def load_split(data_dir: Path, split: str, limit: int | None = None) -> list[dic
         keep = list(dict.fromkeys(r["id"] for r in rows))[:limit]
         rows = [r for r in rows if r["id"] in set(keep)]
     return rows
+
+
+def first_answers(source: Path, out: Path, limit: int | None) -> int:
+    """Write the first teacher answer of each of the first ``limit`` prompts of a collected split; returns how many."""
+    lines = [line for line in source.read_text(encoding="utf-8").splitlines()
+             if json.loads(line).get("metadata", {}).get("sample_index", 0) == 0][:limit]  # fmt: skip
+    out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return len(lines)
+
+
+def answers_per_prompt(rows: list[dict]) -> int:
+    """How many teacher answers each prompt of a split has: a student is sampled as often, so that C2ST weighs both
+    sides equally."""
+    counts = set(collections.Counter(r["id"] for r in rows).values())
+    if len(counts) != 1:
+        raise SystemExit(f"persona: the teacher answers per prompt differ ({sorted(counts)}); recollect the split")
+    return counts.pop()
+
+
+def data_fingerprint(data_dir: Path) -> dict:
+    """Answers, prompts and a content hash of each split: seeds measured on other data are never merged."""
+    out = {}
+    for split in ("train", "val", "test"):
+        rows = load_split(data_dir, split)
+        digest = hashlib.sha256((data_dir / f"{split}.jsonl").read_bytes()).hexdigest()[:12]
+        out[split] = {"answers": len(rows), "prompts": len({r["id"] for r in rows}), "sha256": digest}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -322,6 +360,7 @@ def answer_metrics(rows, teacher_rows, checker, splits: int, seed: int) -> dict:
     teacher_words = statistics.mean(len(r["response"].split()) for r in teacher_rows)
     matched = [rouge_l(r["response"], teacher[key]) for r in rows if (key := (r["id"], r["sample"])) in teacher]
     return {
+        "n": len(rows),
         "c2st": c2st(teacher_rows, rows, splits, seed)["acc"] if rows is not teacher_rows else None,
         "style_pass": 100 * statistics.mean(bool(checker(r["response"])) for r in rows),
         "degenerate": 100 * statistics.mean(is_degenerate(r["response"]) for r in rows),
@@ -334,6 +373,21 @@ def answer_metrics(rows, teacher_rows, checker, splits: int, seed: int) -> dict:
 
 def within_length_guard(metrics: dict) -> bool:
     return LENGTH_GUARD[0] <= metrics["len_ratio"] <= LENGTH_GUARD[1]
+
+
+def measurement_noise(args) -> dict:
+    """The test measurement of one model, repeated with other sampling seeds (the first is a seed run's own): the
+    spread that a single seed's test C2ST carries before any training noise."""
+    from gad.evaluation.generate import load_model
+
+    test = load_split(args.data_dir, "test")
+    prompts, samples = list({r["id"]: r for r in test}.values()), answers_per_prompt(test)
+    model, tokenizer = load_model(args.model_folder, "cpu")
+    accuracies = [c2st(test, sample_answers(model, tokenizer, prompts, samples, args, seed=40_000 + k),
+                       args.c2st_splits, 0)["acc"] for k in range(args.repeats)]  # fmt: skip
+    return {"data": data_fingerprint(args.data_dir), "model": str(args.model_folder), "answers_per_side": len(test),
+            "c2st": [_round(a) for a in accuracies], "mean": _round(statistics.mean(accuracies)),
+            "sd": _round(statistics.stdev(accuracies)) if len(accuracies) > 1 else None, "goals": {}}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -359,6 +413,7 @@ def validation_tracker(method: str, val_teacher: list[dict], checker, args, seed
     from transformers import TrainerCallback
 
     prompts = list({r["id"]: r for r in val_teacher}.values())
+    samples = answers_per_prompt(val_teacher)
 
     class ValidationTracker(TrainerCallback):
         def __init__(self):
@@ -379,7 +434,7 @@ def validation_tracker(method: str, val_teacher: list[dict], checker, args, seed
                 self.evaluate(state.global_step, model, processing_class)
 
         def evaluate(self, step: int, model, tokenizer) -> None:
-            answers = sample_answers(model, tokenizer, prompts, 1, args, seed=10_000 + seed)
+            answers = sample_answers(model, tokenizer, prompts, samples, args, seed=10_000 + seed)
             metrics = answer_metrics(answers, val_teacher, checker, args.c2st_splits, seed)
             point = {"step": self.offset + step, "stage": self.stage, **{k: _round(v) for k, v in metrics.items()}}
             gap = abs(metrics["c2st"] - 50)
@@ -400,14 +455,17 @@ def stage_configs(args, seed: int, model_dir: str, disc_dir: str, train_file: Pa
     ``regex``."""
     from gad.training.recipe import parse_overrides, resolve_stage
 
+    d_val_file = work / "discriminator-val.jsonl"
+    d_val_size = first_answers(args.data_dir / "val.jsonl", d_val_file, QUICK_PROMPTS["val"] if args.quick else None)
+
     adversarial = dict(per_device_train_batch_size=args.prompts_per_step * args.generations,
                        num_generations=args.generations, temperature=args.temperature,
                        discriminator_learning_rate=args.disc_lr, discriminator_max_length=512,
                        discriminator_trainable_layers=args.disc_top_layers,
-                       # d_acc_val: the discriminator on the validation prompts (never trained on), as often as the
-                       # students are validated
-                       discriminator_val_every=args.eval_every, discriminator_val_file=str(args.data_dir / "val.jsonl"),
-                       discriminator_val_size=QUICK_PROMPTS["val"] if args.quick else 16)  # fmt: skip
+                       # d_acc_val: the discriminator on every validation prompt (never trained on), one teacher
+                       # answer each, as often as the students are validated
+                       discriminator_val_every=args.eval_every, discriminator_val_file=str(d_val_file),
+                       discriminator_val_size=d_val_size)  # fmt: skip
     recipe = {
         "run_dir": str(work), "student": model_dir, "train_file": str(train_file), "seed": seed,
         "max_prompt_length": 256, "max_completion_length": args.max_new_tokens, "save_strategy": "no",
@@ -509,7 +567,9 @@ def evaluate_methods(args, seed: int, work: Path, methods: dict, checker, checke
     from gad.evaluation.generate import load_model
 
     test_prompts = list({r["id"]: r for r in test_teacher}.values())
-    result = {"seed": seed, "checker": checker_text, "methods": {}}
+    samples = args.eval_samples or answers_per_prompt(test_teacher)
+    result = {"seed": seed, "checker": checker_text, "data": data_fingerprint(args.data_dir), "eval_samples": samples,
+              "methods": {}}  # fmt: skip
     for name, method in methods.items():
         tracker = method["tracker"]
         folders = {"last": method["last"], "chosen": tracker.best and (work / f"{name}-best")}
@@ -525,7 +585,7 @@ def evaluate_methods(args, seed: int, work: Path, methods: dict, checker, checke
                 entry[which] = None
                 continue
             model, tokenizer = load_model(folder, "cpu")
-            answers = sample_answers(model, tokenizer, test_prompts, args.eval_samples, args, seed=40_000 + seed)
+            answers = sample_answers(model, tokenizer, test_prompts, samples, args, seed=40_000 + seed)
             metrics = answer_metrics(answers, test_teacher, checker, args.c2st_splits, seed)
             entry[which] = {k: _round(v) for k, v in metrics.items()}
             entry[which]["examples"] = [a["response"] for a in answers[:3]]
@@ -597,7 +657,8 @@ def merge(paths: list[Path]) -> dict:
                 if runs
             }
     gad = against_seqkd(seeds, "gad")
-    merged = {"seeds": [s["seed"] for s in seeds], "per_seed": seeds, "table": table, "paired": gad,
+    merged = {"seeds": [s["seed"] for s in seeds], "data": seeds[0].get("data"), "per_seed": seeds, "table": table,
+              "paired": gad,
               "goals": judge_goals(gad, d_acc_val_after_warmup(seeds, "gad"))}  # fmt: skip
     if variants:  # measured beside GAD, paired with the same SeqKD, each judged by the same goals (`goals` stays GAD's)
         merged["variants"] = {}
@@ -640,8 +701,14 @@ def join_seed_files(paths: list[Path]) -> list[dict]:
     """One entry per seed, its methods joined from every file of that seed (``seedN.json``, ``seedN-oracle_rl.json``);
     ``parts`` says which file's command trained which methods."""
     seeds: dict[int, dict] = {}
+    data: dict[str, Path] = {}  # each data fingerprint met, with the first file that had it
     for path in paths:
         part = json.loads(path.read_text(encoding="utf-8"))
+        data.setdefault(json.dumps(part.get("data"), sort_keys=True), path)
+        if len(data) > 1:
+            first, other = data.values()
+            raise SystemExit(f"persona merge: {first} and {other} were measured on different teacher answers (their "
+                             "`data`); merge the seed files of one data set")  # fmt: skip
         seed = seeds.setdefault(part["seed"], {**part, "methods": {}, "parts": []})
         if clash := set(seed["methods"]) & set(part["methods"]):
             raise SystemExit(f"persona merge: {path}: seed {part['seed']} already has {sorted(clash)} from "
@@ -722,6 +789,10 @@ def main(argv=None) -> dict:
         merged = merge(args.inputs or sorted(OUT_DIR.glob("seed*.json")))
         print_table(merged)
         return write_result(args.out, "persona", merged, argv)
+    if args.command == "noise":
+        result = measurement_noise(args)
+        print(f"test C2ST over {args.repeats} samplings: {result['c2st']} (sd {result['sd']})")
+        return write_result(args.out, "persona", result, argv)
     if args.command == "collect":
         counts = collect_data(args)
         print(f"wrote {args.data_dir}: {counts}")

@@ -29,16 +29,21 @@ def collected(tmp_path_factory):
     persona = data / "persona.md"
     persona.write_text("Talk like a pirate.")
     _load_benchmark().main(["collect", "--model", "builtin:tiny-llama", "--data-dir", str(data), "--persona-file",
-                            str(persona), "--train-prompts", "8", "--val-prompts", "4", "--test-prompts", "2",
-                            "--test-samples", "2", "--max-new-tokens", "6"])  # fmt: skip
+                            str(persona), "--train-prompts", "8", "--val-prompts", "4", "--val-samples", "2",
+                            "--test-prompts", "2", "--test-samples", "2", "--max-new-tokens", "6"])  # fmt: skip
     return data
 
 
 def test_collect_writes_the_teacher_answers_of_each_split(collected):
     benchmark = _load_benchmark()
-    assert len(benchmark.load_split(collected, "train")) == 8 and len(benchmark.load_split(collected, "val")) == 4
-    test = benchmark.load_split(collected, "test")
+    assert len(benchmark.load_split(collected, "train")) == 8
+    val, test = benchmark.load_split(collected, "val"), benchmark.load_split(collected, "test")
+    assert len(val) == 8 and {r["sample"] for r in val} == {0, 1}  # 4 prompts x 2 samples
     assert len(test) == 8 and {r["sample"] for r in test} == {0, 1}  # 2 sets x 2 prompts x 2 samples
+    assert benchmark.answers_per_prompt(val) == benchmark.answers_per_prompt(test) == 2
+    # each sample is asked with a seed of its own: not copies of one answer
+    answers = {(r["id"], r["sample"]): r["response"] for r in test}
+    assert any(answers[(i, 0)] != answers[(i, 1)] for i, _ in answers)
     assert (collected / "persona.txt").read_text() == "Talk like a pirate."
 
 
@@ -47,8 +52,8 @@ def test_one_seed_then_merge(collected, tmp_path):
     out = tmp_path / "out"
     common = ["--model", "builtin:tiny-llama", "--data-dir", str(collected), "--max-new-tokens", "6",
               "--style-regex", "e", "--discriminator", "first:2", "--seqkd-batch", "4", "--prompts-per-step", "2",
-              "--generations", "2", "--seqkd-epochs", "2", "--gad-epochs", "1", "--eval-every", "2", "--eval-samples",
-              "2", "--c2st-splits", "2", "--d-only-steps", "1", "--set", "gad.discriminator_updates=2"]  # fmt: skip
+              "--generations", "2", "--seqkd-epochs", "2", "--gad-epochs", "1", "--eval-every", "2",
+              "--c2st-splits", "2", "--d-only-steps", "1", "--set", "gad.discriminator_updates=2"]  # fmt: skip
     # two seeds side by side, each in a process of its own with one thread
     written = benchmark.main(["run", "--seeds", "0", "1", "--jobs", "2", "--out-dir", str(out), *common])
     # the diagnosis and a GAD variant added to the seed later, by a run of their own (the warmup rerun)
@@ -60,6 +65,9 @@ def test_one_seed_then_merge(collected, tmp_path):
     assert saved == written[0] and "persona.py run" in saved["command"] and saved["environment"]["versions"]["torch"]
     assert saved["command"].endswith("--seeds 0 --jobs 1 --threads 1") and saved["environment"]["torch_threads"] == 1
     seqkd, gad = saved["methods"]["seqkd"], saved["methods"]["gad"]
+    # as many student answers as the teacher has, on validation and on the test set
+    assert saved["eval_samples"] == 2 and saved["data"]["test"] == {**saved["data"]["test"], "answers": 8, "prompts": 4}
+    assert {p["n"] for p in seqkd["validation"] + gad["validation"]} == {8} and seqkd["last"]["n"] == 8
     assert seqkd["steps"] == {"seqkd": 4}  # 2 epochs of 8 prompts at 4 a step
     assert gad["steps"] == {"warmup": 4, "gad": 4}  # 1 warmup epoch + 1 adversarial epoch, 2 prompts a step
     assert [p["step"] for p in seqkd["validation"]] == [2, 4]
@@ -123,6 +131,17 @@ def test_one_seed_then_merge(collected, tmp_path):
         assert variant["style_pass"]["per_seed"] == [top["chosen"]["style_pass"] - seqkd["chosen"]["style_pass"]]
     with pytest.raises(SystemExit, match="seed 0 already has"):  # one file per method and seed
         benchmark.merge([out / "seed0.json", out / "seed0.json"])
+    other_data = tmp_path / "seed2.json"  # a seed measured on other teacher answers is never merged
+    other_data.write_text(json.dumps({**written[1], "seed": 2, "data": {**saved["data"], "test": {"answers": 120}}}))
+    with pytest.raises(SystemExit, match="different teacher answers"):
+        benchmark.merge([out / "seed0.json", other_data])
+
+
+def test_the_discriminator_validation_file_has_one_answer_per_prompt(collected, tmp_path):
+    out = tmp_path / "d-val.jsonl"
+    assert _BENCHMARK.first_answers(collected / "val.jsonl", out, None) == 4
+    assert [r["sample"] for r in _BENCHMARK.load_split(tmp_path, "d-val")] == [0, 0, 0, 0]
+    assert _BENCHMARK.first_answers(collected / "val.jsonl", out, 3) == 3
 
 
 def test_a_failed_seed_process_is_named(tmp_path):
@@ -152,3 +171,14 @@ def test_style_regex_agrees_with_style_pass(text):
     for starts, contains in (("Ahoy", "matey"), ("Ahoy", None), (None, "matey"), (None, None)):
         found = re.search(benchmark.style_regex(starts, contains), text) is not None
         assert found == style_pass(text, starts, contains), (starts, contains)
+
+
+def test_noise_repeats_one_models_test_measurement(collected, tmp_path):
+    from gad.models import resolve_model
+
+    model = resolve_model("builtin:tiny-llama")
+    result = _BENCHMARK.main(["noise", model, "--data-dir", str(collected), "--max-new-tokens", "6", "--repeats", "2",
+                              "--out", str(tmp_path / "noise.json")])  # fmt: skip
+    assert result["answers_per_side"] == 8 and len(result["c2st"]) == 2 and result["sd"] >= 0
+    assert result["mean"] == pytest.approx(sum(result["c2st"]) / 2, abs=1e-3)
+    assert json.loads((tmp_path / "noise.json").read_text())["c2st"] == result["c2st"]

@@ -138,6 +138,21 @@ def test_n_samples_per_prompt(tmp_path):
     assert summary.answered == 6 and len(server.log) == 6
 
 
+def test_each_sample_of_a_seeded_run_is_asked_with_a_seed_of_its_own(tmp_path):
+    # one seed for every sample made an endpoint that honours seeds answer the same n times
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    with FaultServer() as server:
+        collect(config(prompts, out, server.base_url, n=3, seed=5, temperature=0.8))
+    asked = sorted((entry.prompt_hash, entry.body["seed"]) for entry in server.log)
+    assert [seed for _, seed in asked] == [5, 6, 7, 5, 6, 7]
+    assert [row["metadata"]["params"]["seed"] for row in read_jsonl(out)] == [5, 6, 7, 5, 6, 7]
+    # the first sample keeps the cache key of a one-sample run, so that run's answers are not asked again
+    single = collect(config(prompts, tmp_path / "single.jsonl", server.base_url, n=1, seed=5, temperature=0.8,
+                            cache=out.with_name(out.name + ".cache.sqlite")))  # fmt: skip
+    assert single.answered == 0 and single.from_cache == 2
+
+
 def test_export_filters_are_counted(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     lines = [{"id": "a", "prompt": "same"}, {"id": "b", "prompt": "same"}, {"id": "c", "prompt": "other"}]

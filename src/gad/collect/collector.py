@@ -133,9 +133,12 @@ class CollectConfig:
     def cache_path(self) -> Path:
         return self.cache or self.out.with_name(self.out.name + ".cache.sqlite")
 
-    def sampling_params(self) -> dict[str, Any]:
-        """The parameters that, with model, messages and sample index, determine an answer (the cache key)."""
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p, "seed": self.seed}
+    def sampling_params(self, sample_index: int = 0) -> dict[str, Any]:
+        """The parameters that, with model, messages and sample index, determine an answer (the cache key). With a
+        seed, sample k is asked with ``seed + k``: one seed for all would make an endpoint that honours it answer the
+        same n times."""
+        seed = None if self.seed is None else self.seed + sample_index
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p, "seed": seed}
 
 
 @dataclass
@@ -194,6 +197,7 @@ class _Job:
     key: str
     row: PromptRow
     sample_index: int
+    params: dict[str, Any]
 
 
 def collect(config: CollectConfig) -> CollectSummary:
@@ -254,7 +258,6 @@ def _jobs(config: CollectConfig, rows: list[PromptRow]) -> list[_Job]:
     A prompt kept twice on purpose (``dedupe`` off) takes the next ``n`` sample indices for its second copy, so each
     copy gets an answer of its own and a rerun finds them all cached; first copies keep the keys of a de-duplicated run.
     """
-    params = config.sampling_params()
     copies: Counter[str] = Counter()
     jobs: list[_Job] = []
     for row in rows:
@@ -262,7 +265,8 @@ def _jobs(config: CollectConfig, rows: list[PromptRow]) -> list[_Job]:
         first = copies[marker] * config.n
         copies[marker] += 1
         for index in range(config.n):
-            jobs.append(_Job(TeacherCache.key(config.model, row.messages, params, first + index), row, index))
+            params = config.sampling_params(first + index)
+            jobs.append(_Job(TeacherCache.key(config.model, row.messages, params, first + index), row, index, params))
     return jobs
 
 
@@ -446,7 +450,7 @@ async def _run(
                     temperature=config.temperature,
                     max_tokens=config.max_tokens,
                     top_p=config.top_p,
-                    seed=config.seed,
+                    seed=job.params["seed"],
                 )
             except RequestFailed as failed:
                 if failed.fatal:
@@ -541,7 +545,7 @@ def _export(config: CollectConfig, cache: TeacherCache, jobs: list[_Job], summar
                     "completion_tokens": entry.completion_tokens,
                     "latency_s": entry.latency_s,
                     "created_at": entry.created_at,
-                    "params": {k: v for k, v in config.sampling_params().items() if v is not None},
+                    "params": {k: v for k, v in job.params.items() if v is not None},
                 },
             }
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
