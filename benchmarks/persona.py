@@ -39,6 +39,7 @@ warmup is rerun; the merge reports how far the rerun's validation C2ST is from t
     nice python benchmarks/persona.py run --seeds 0 --methods oracle_rl   # the diagnosis -> seed0-oracle_rl.json
     nice python benchmarks/persona.py run --seeds 0 --methods gad --gad-name gad_student --discriminator student
                                                                # a GAD variant -> seed0-gad_student.json
+    nice python benchmarks/persona.py noise WORKDIR/seed0/seqkd-best   # one model's test C2ST, sampled 3 times
 """
 
 from __future__ import annotations
