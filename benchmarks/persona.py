@@ -384,8 +384,11 @@ def measurement_noise(args) -> dict:
     test = load_split(args.data_dir, "test")
     prompts, samples = list({r["id"]: r for r in test}.values()), answers_per_prompt(test)
     model, tokenizer = load_model(args.model_folder, "cpu")
-    accuracies = [c2st(test, sample_answers(model, tokenizer, prompts, samples, args, seed=40_000 + k),
-                       args.c2st_splits, 0)["acc"] for k in range(args.repeats)]  # fmt: skip
+    accuracies = []
+    for k in range(args.repeats):  # minutes each on a CPU: say where it is
+        answers = sample_answers(model, tokenizer, prompts, samples, args, seed=40_000 + k)
+        accuracies.append(c2st(test, answers, args.c2st_splits, 0)["acc"])
+        log.info("sampling %d of %d: test C2ST %.1f", k + 1, args.repeats, accuracies[-1])
     return {"data": data_fingerprint(args.data_dir), "model": str(args.model_folder), "answers_per_side": len(test),
             "c2st": [_round(a) for a in accuracies], "mean": _round(statistics.mean(accuracies)),
             "sd": _round(statistics.stdev(accuracies)) if len(accuracies) > 1 else None, "goals": {}}  # fmt: skip
