@@ -127,6 +127,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                      "already have GAD (e.g. --methods gad --gad-name gad_student --discriminator student -> "
                      "seedN-gad_student.json); merge pairs each variant with SeqKD and judges it by the same goals as "
                      "`gad`")  # fmt: skip
+    run.add_argument("--reuse-warmup", action="store_true",
+                     help="start the adversarial stage (GAD's, oracle_rl's) from the warmup an earlier run of the "
+                          "seed left in --workdir (refused unless its settings are these) instead of training it "
+                          "again: a variant that changes only the adversarial stage then starts from the very "
+                          "warmup of `gad`; its checkpoint candidates are the warmup's last step and the adversarial "
+                          "steps")  # fmt: skip
     run.add_argument("--eval-every", type=int, default=12, help="validation every N steps, both methods")
     run.add_argument("--eval-samples", type=int, default=None,
                      help="student answers per test prompt (default: as many as the teacher's, so that C2ST compares "
@@ -157,7 +163,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     noise.add_argument("--temperature", type=float, default=0.8)
     noise.add_argument("--c2st-splits", type=int, default=5)
     noise.add_argument("--out", type=Path, default=RESULTS / "persona_noise.json")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "run" and args.reuse_warmup and (args.workdir is None or "seqkd" in args.methods):
+        parser.error("--reuse-warmup needs --workdir (where the earlier run left the warmup) and no seqkd")
+    return args
 
 
 def _method_name(name: str) -> str:
@@ -537,7 +546,10 @@ def run_seed(args, seed: int, work: Path) -> dict:
     # GAD's checkpoint may be its warmup's, so its tracker watches the warmup too
     tracker = validation_tracker(args.gad_name, val_teacher, checker, args, seed, work / f"{args.gad_name}-best")
     tracker.start_stage("warmup", 0)
-    warmup = run_stage("warmup", configs["warmup"], overwrite=True, callbacks=[tracker])
+    if args.reuse_warmup:
+        warmup = reused_warmup(configs["warmup"], tracker)
+    else:
+        warmup = run_stage("warmup", configs["warmup"], overwrite=True, callbacks=[tracker])
     warmup_seconds, warmup_curve = time.monotonic() - started, list(tracker.curve)
     warmup_history = stage_curves(warmup.log_history, "warmup", 0, CURVE_KEYS)
     if "gad" in args.methods:
@@ -564,6 +576,33 @@ def run_seed(args, seed: int, work: Path) -> dict:
             "history": warmup_history + stage_curves(oracle.log_history, "oracle_rl", warmup.global_step, CURVE_KEYS),
         }
     return evaluate_methods(args, seed, work, methods, checker, checker_text, test_teacher)
+
+
+def reused_warmup(config, tracker):
+    """The warmup an earlier run of this seed left in its workdir, refused unless it finished with exactly these
+    settings; the tracker validates its last student, the first checkpoint candidate of the method."""
+    import yaml
+
+    from gad.evaluation.generate import load_model
+    from gad.layout import StageLayout
+    from gad.training.stages import StageResult
+
+    layout = StageLayout(Path(config.output_dir))
+    if not layout.finished_marker.exists():
+        raise SystemExit(f"--reuse-warmup: no finished warmup in {layout.root}; run this seed's gad first")
+    saved = yaml.safe_load(layout.config.read_text(encoding="utf-8"))
+    wanted = yaml.safe_load(yaml.safe_dump(config.to_dict()))  # through YAML, as the saved one went
+    changed = sorted(k for k in (wanted.keys() | saved.keys()) - {"stage", "data"} if saved.get(k) != wanted.get(k))
+    if changed:
+        raise SystemExit(f"--reuse-warmup: {layout.config} was trained with other settings "
+                         f"({', '.join(changed)}); change only the adversarial stage (--gad-lr, --beta, "
+                         "--set gad.KEY=VALUE) or drop the flag")  # fmt: skip
+    history = [json.loads(line) for line in layout.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+    step = max(h["step"] for h in history if "step" in h)
+    model, tokenizer = load_model(layout.student, "cpu")
+    tracker.evaluate(step, model, tokenizer)
+    log.info("reusing the warmup in %s (%d steps)", layout.root, step)
+    return StageResult("warmup", layout, global_step=step, log_history=history)
 
 
 def evaluate_methods(args, seed: int, work: Path, methods: dict, checker, checker_text: str, test_teacher) -> dict:

@@ -137,6 +137,36 @@ def test_one_seed_then_merge(collected, tmp_path):
         benchmark.merge([out / "seed0.json", other_data])
 
 
+def test_a_variant_reuses_the_warmup_of_gad(collected, tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    common = ["--seeds", "0", "--model", "builtin:tiny-llama", "--data-dir", str(collected), "--max-new-tokens", "6",
+              "--style-regex", "e", "--discriminator", "first:2", "--prompts-per-step", "2", "--generations", "2",
+              "--gad-epochs", "1", "--eval-every", "2", "--c2st-splits", "2", "--d-only-steps", "1",
+              "--out-dir", str(out), "--workdir", str(work), "--methods", "gad"]  # fmt: skip
+    gad = _BENCHMARK.main(["run", *common])[0]["methods"]["gad"]
+    weights = work / "seed0" / "warmup" / "student" / "model.safetensors"
+    trained = weights.stat().st_mtime_ns
+    variant = _BENCHMARK.main(["run", *common, "--gad-name", "gad_fast", "--gad-lr", "1e-3", "--reuse-warmup"])
+    fast = variant[0]["methods"]["gad_fast"]
+    assert weights.stat().st_mtime_ns == trained  # not trained again
+    assert fast["steps"] == gad["steps"] == {"warmup": 4, "gad": 4}
+    # validated from the warmup's end (the same student, sampled with the same seed), then its own steps
+    assert [p["step"] for p in fast["validation"]] == [4, 6, 8] and fast["validation"][0] == gad["validation"][1]
+    assert [row["step"] for row in fast["curves"] if row["stage"] == "warmup"] == [1, 2, 3, 4]
+    assert fast["curves"][:4] == gad["curves"][:4]
+    with pytest.raises(SystemExit, match="other settings \\(d_only_steps\\)"):
+        _BENCHMARK.main(["run", *common, "--gad-name", "gad_fast", "--d-only-steps", "2", "--reuse-warmup"])
+    with pytest.raises(SystemExit, match="no finished warmup"):
+        _BENCHMARK.main(["run", *common, "--workdir", str(tmp_path / "empty"), "--reuse-warmup"])
+
+
+def test_reuse_warmup_needs_a_workdir_and_no_seqkd(capsys):
+    for extra in ([], ["--workdir", "w", "--methods", "seqkd", "gad"]):
+        with pytest.raises(SystemExit):
+            _BENCHMARK.parse_args(["run", "--reuse-warmup", *extra])
+        assert "--reuse-warmup needs --workdir" in capsys.readouterr().err
+
+
 def test_the_discriminator_validation_file_has_one_answer_per_prompt(collected, tmp_path):
     out = tmp_path / "d-val.jsonl"
     assert _BENCHMARK.first_answers(collected / "val.jsonl", out, None) == 4
