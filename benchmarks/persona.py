@@ -29,7 +29,8 @@ sample efficiency at this scale, not the discriminator.
 Each seed runs on its own and writes its own JSON; ``merge`` builds the table over seeds with the **paired**
 GAD − SeqKD differences and their 95 % intervals (t distribution over seeds). A run of only some methods writes
 ``seedN-METHODS.json``, and ``merge`` joins the files of one seed, so a method can be added to a seed later (its
-warmup is rerun; the merge reports how far the rerun's validation C2ST is from the first one's)::
+warmup is rerun, and the merge reports how far the rerun's validation C2ST is from the first one's; or, with
+``--reuse-warmup``, taken from the seed's ``--workdir``, so that the variant differs from GAD only after warmup)::
 
     python benchmarks/persona.py collect                       # once: the shipped teacher answers (minutes)
     nice python benchmarks/persona.py run --seeds 0            # -> benchmarks/results/persona/seed0.json (+ .html)
@@ -39,6 +40,8 @@ warmup is rerun; the merge reports how far the rerun's validation C2ST is from t
     nice python benchmarks/persona.py run --seeds 0 --methods oracle_rl   # the diagnosis -> seed0-oracle_rl.json
     nice python benchmarks/persona.py run --seeds 0 --methods gad --gad-name gad_student --discriminator student
                                                                # a GAD variant -> seed0-gad_student.json
+    nice python benchmarks/persona.py run --seeds 0 --methods gad --gad-name gad_d2 --reuse-warmup --workdir W \
+        --set gad.discriminator_updates=2                      # from the warmup a `--workdir W` run of GAD left
     nice python benchmarks/persona.py noise WORKDIR/seed0/seqkd-best   # one model's test C2ST, sampled 3 times
 """
 
@@ -599,9 +602,9 @@ def reused_warmup(config, tracker):
                          "--set gad.KEY=VALUE) or drop the flag")  # fmt: skip
     history = [json.loads(line) for line in layout.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
     step = max(h["step"] for h in history if "step" in h)
+    log.info("reusing the warmup in %s (%d steps)", layout.root, step)
     model, tokenizer = load_model(layout.student, "cpu")
     tracker.evaluate(step, model, tokenizer)
-    log.info("reusing the warmup in %s (%d steps)", layout.root, step)
     return StageResult("warmup", layout, global_step=step, log_history=history)
 
 
@@ -699,19 +702,26 @@ def merge(paths: list[Path]) -> dict:
                 for key in ("c2st", "style_pass", "degenerate", "distinct_2", "rouge_l", "len_ratio")
                 if runs
             }
-    gad = against_seqkd(seeds, "gad")
+    gad = paired_differences(seeds, "gad")
     merged = {"seeds": [s["seed"] for s in seeds], "data": seeds[0].get("data"), "per_seed": seeds, "table": table,
               "paired": gad,
               "goals": judge_goals(gad, d_acc_val_after_warmup(seeds, "gad"))}  # fmt: skip
     if variants:  # measured beside GAD, paired with the same SeqKD, each judged by the same goals (`goals` stays GAD's)
         merged["variants"] = {}
         for name in variants:
-            paired, d_val = against_seqkd(seeds, name), d_acc_val_after_warmup(seeds, name)
-            merged["variants"][name] = {**paired, "d_acc_val_after_warmup": d_val, "goals": judge_goals(paired, d_val)}
+            paired, d_val = paired_differences(seeds, name), d_acc_val_after_warmup(seeds, name)
+            merged["variants"][name] = {
+                "seeds": [s["seed"] for s in seeds if name in s["methods"]],
+                **paired,
+                "d_acc_val_after_warmup": d_val,
+                "goals": judge_goals(paired, d_val),
+                # what the variant's settings change, on seeds that have both (the same warmup with --reuse-warmup)
+                "against_gad": paired_differences(seeds, name, base="gad"),
+            }
     # the last checkpoints, paired the same way: no selection on validation; not what the goals judge
-    merged["paired_last"] = {name: against_seqkd(seeds, name, "last") for name in methods if name != "seqkd"}
+    merged["paired_last"] = {name: paired_differences(seeds, name, "last") for name in methods if name != "seqkd"}
     if "oracle_rl" in methods:  # the diagnosis of item 4: what RL reaches with the persona check as its reward
-        merged["diagnosis_oracle_rl"] = against_seqkd(seeds, "oracle_rl")
+        merged["diagnosis_oracle_rl"] = paired_differences(seeds, "oracle_rl")
         merged["diagnosis_oracle_rl"]["warmup_c2st_max_difference"] = {
             str(s["seed"]): warmup_difference(s) for s in seeds if "gad" in s["methods"] and "oracle_rl" in s["methods"]
         }
@@ -772,15 +782,16 @@ def warmup_difference(seed: dict) -> float | None:
     return _round(max(abs(a - b) for a, b in pairs)) if pairs else None
 
 
-def against_seqkd(seeds: list[dict], method: str, which: str = "chosen") -> dict:
-    """Paired differences (method - SeqKD, ``which`` checkpoints of seeds that have both) with their 95 % intervals."""
-    both = [(m, base) for s in seeds
+def paired_differences(seeds: list[dict], method: str, which: str = "chosen", base: str = "seqkd") -> dict:
+    """Paired differences (method - SeqKD, or another ``base``; ``which`` checkpoints of seeds that have both) with
+    their 95 % intervals."""
+    both = [(m, b) for s in seeds
             if (m := (s["methods"].get(method) or {}).get(which)) and
-            (base := (s["methods"].get("seqkd") or {}).get(which))]  # fmt: skip
+            (b := (s["methods"].get(base) or {}).get(which))]  # fmt: skip
     return {
-        "c2st_points_closer": paired_interval([abs(base["c2st"] - 50) - abs(m["c2st"] - 50) for m, base in both]),
-        "style_pass": paired_interval([m["style_pass"] - base["style_pass"] for m, base in both]),
-        "degenerate": paired_interval([m["degenerate"] - base["degenerate"] for m, base in both]),
+        "c2st_points_closer": paired_interval([abs(b["c2st"] - 50) - abs(m["c2st"] - 50) for m, b in both]),
+        "style_pass": paired_interval([m["style_pass"] - b["style_pass"] for m, b in both]),
+        "degenerate": paired_interval([m["degenerate"] - b["degenerate"] for m, b in both]),
     }
 
 
@@ -807,7 +818,10 @@ def print_table(merged: dict) -> None:
     print("\nGoals (gad)")
     print_goals(merged["goals"])
     for name, variant in merged.get("variants", {}).items():
-        print(f"\nGoals ({name}, beside)")
+        print(f"\n{name} against gad (chosen checkpoints): " + "  ".join(
+            f"{key} {_interval(variant['against_gad'][key])}" for key in ("c2st_points_closer", "style_pass",
+                                                                         "degenerate")))  # fmt: skip
+        print(f"Goals ({name}, beside; seeds {variant['seeds']})")
         print_goals(variant["goals"])
 
 

@@ -129,6 +129,10 @@ def test_one_seed_then_merge(collected, tmp_path):
     assert variant["d_acc_val_after_warmup"] == top_warmup_end[-1]
     if top["chosen"] and seqkd["chosen"]:
         assert variant["style_pass"]["per_seed"] == [top["chosen"]["style_pass"] - seqkd["chosen"]["style_pass"]]
+    assert variant["seeds"] == [0]  # seed 1 has no gad_top
+    if top["chosen"] and gad["chosen"]:  # and what its settings change: paired with GAD itself
+        assert variant["against_gad"]["degenerate"]["per_seed"] == [top["chosen"]["degenerate"] -
+                                                                    gad["chosen"]["degenerate"]]  # fmt: skip
     with pytest.raises(SystemExit, match="seed 0 already has"):  # one file per method and seed
         benchmark.merge([out / "seed0.json", out / "seed0.json"])
     other_data = tmp_path / "seed2.json"  # a seed measured on other teacher answers is never merged
