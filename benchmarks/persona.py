@@ -774,12 +774,13 @@ def join_seed_files(paths: list[Path]) -> list[dict]:
 
 
 def warmup_difference(seed: dict) -> float | None:
-    """How far apart GAD's and the oracle's warmup validation C2STs are (0 when one run trained both; a rerun's warmup
-    on other threads may differ by float noise)."""
-    gad, oracle = ([p["c2st"] for p in seed["methods"][m]["validation"] if p["stage"] == "warmup"]
+    """How far apart GAD's and the oracle's warmup validation C2STs are at the steps both measured (0 when one run
+    trained both, or when the oracle reused GAD's warmup; a rerun's warmup on other threads may differ by float
+    noise)."""
+    gad, oracle = ({p["step"]: p["c2st"] for p in seed["methods"][m]["validation"] if p["stage"] == "warmup"}
                    for m in ("gad", "oracle_rl"))  # fmt: skip
-    pairs = list(zip(gad, oracle, strict=False))
-    return _round(max(abs(a - b) for a, b in pairs)) if pairs else None
+    both = gad.keys() & oracle.keys()
+    return _round(max(abs(gad[step] - oracle[step]) for step in both)) if both else None
 
 
 def paired_differences(seeds: list[dict], method: str, which: str = "chosen", base: str = "seqkd") -> dict:
