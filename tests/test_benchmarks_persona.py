@@ -164,6 +164,17 @@ def test_a_variant_reuses_the_warmup_of_gad(collected, tmp_path):
         _BENCHMARK.main(["run", *common, "--workdir", str(tmp_path / "empty"), "--reuse-warmup"])
 
 
+def test_the_warmup_difference_pairs_validation_points_by_step():
+    def points(*pairs):
+        return {"validation": [{"stage": "warmup", "step": step, "c2st": c2st} for step, c2st in pairs] +
+                              [{"stage": "gad", "step": 99, "c2st": 0.0}]}  # fmt: skip
+
+    rerun = {"methods": {"gad": points((2, 60.0), (4, 70.0)), "oracle_rl": points((2, 61.0), (4, 67.0))}}
+    assert _BENCHMARK.warmup_difference(rerun) == 3.0
+    reused = {"methods": {"gad": points((2, 60.0), (4, 70.0)), "oracle_rl": points((4, 70.0))}}  # its last step only
+    assert _BENCHMARK.warmup_difference(reused) == 0.0
+
+
 def test_reuse_warmup_needs_a_workdir_and_no_seqkd(capsys):
     for extra in ([], ["--workdir", "w", "--methods", "seqkd", "gad"]):
         with pytest.raises(SystemExit):
