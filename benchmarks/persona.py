@@ -128,8 +128,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--gad-name", default="gad", type=_method_name,
                      help="the name GAD's results are recorded under; another name adds a GAD variant to seeds that "
                      "already have GAD (e.g. --methods gad --gad-name gad_student --discriminator student -> "
-                     "seedN-gad_student.json); merge pairs each variant with SeqKD and judges it by the same goals as "
-                     "`gad`")  # fmt: skip
+                     "seedN-gad_student.json), trained in WORKDIR/seedN/NAME; merge pairs each variant with SeqKD and "
+                     "judges it by the same goals as `gad`")  # fmt: skip
     run.add_argument("--reuse-warmup", action="store_true",
                      help="start the adversarial stage (GAD's, oracle_rl's) from the warmup an earlier run of the "
                           "seed left in --workdir (refused unless its settings are these) instead of training it "
@@ -423,9 +423,9 @@ def sample_answers(model, tokenizer, prompts: list[dict], samples: int, args, se
              "response": r["response"]} for r in out]  # fmt: skip
 
 
-def validation_tracker(method: str, val_teacher: list[dict], checker, args, seed: int, best_dir: Path):
+def validation_tracker(method: str, val_teacher: list[dict], checker, args, seed: int, best_dir: Path | None):
     """A TrainerCallback that scores the student on the validation set every ``--eval-every`` steps (and at the end
-    of each stage), and keeps the best checkpoint under the length guard in ``best_dir``."""
+    of each stage), and keeps the best checkpoint under the length guard in ``best_dir`` (None: keeps none)."""
     from transformers import TrainerCallback
 
     prompts = list({r["id"]: r for r in val_teacher}.values())
@@ -456,8 +456,9 @@ def validation_tracker(method: str, val_teacher: list[dict], checker, args, seed
             gap = abs(metrics["c2st"] - 50)
             if within_length_guard(metrics) and (self.best is None or gap < self.best["c2st_gap"]):
                 self.best = {**point, "c2st_gap": gap}
-                model.save_pretrained(best_dir)
-                tokenizer.save_pretrained(best_dir)
+                if best_dir is not None:
+                    model.save_pretrained(best_dir)
+                    tokenizer.save_pretrained(best_dir)
             self.curve.append(point)
             log.info("%s validation at step %d: C2ST %.1f, style %.0f%%, len x%.2f", method, point["step"],
                      metrics["c2st"], metrics["style_pass"], metrics["len_ratio"])  # fmt: skip
@@ -490,7 +491,9 @@ def stage_configs(args, seed: int, model_dir: str, disc_dir: str, train_file: Pa
                   "num_train_epochs": args.seqkd_epochs},
         "warmup": {**adversarial, "discriminator": disc_dir, "learning_rate": args.sft_lr,
                    "num_train_epochs": args.warmup_epochs, "d_only_steps": args.d_only_steps},
-        "gad": {**adversarial, "learning_rate": args.gad_lr, "num_train_epochs": args.gad_epochs, "beta": args.beta},
+        # each --gad-name trains in its own folder, so a variant never overwrites the models of gad or another one
+        "gad": {**adversarial, "output_dir": str(work / args.gad_name), "learning_rate": args.gad_lr,
+                "num_train_epochs": args.gad_epochs, "beta": args.beta},
     }  # fmt: skip
     overrides = parse_overrides(args.set)
     pending = {str(work / "warmup")}  # written by the warmup stage of this run
@@ -546,8 +549,9 @@ def run_seed(args, seed: int, work: Path) -> dict:
         return evaluate_methods(args, seed, work, methods, checker, checker_text, test_teacher)
 
     started = time.monotonic()
-    # GAD's checkpoint may be its warmup's, so its tracker watches the warmup too
-    tracker = validation_tracker(args.gad_name, val_teacher, checker, args, seed, work / f"{args.gad_name}-best")
+    # GAD's checkpoint may be its warmup's, so its tracker watches the warmup too; without GAD it only draws the curve
+    best_dir = work / f"{args.gad_name}-best" if "gad" in args.methods else None
+    tracker = validation_tracker(args.gad_name, val_teacher, checker, args, seed, best_dir)
     tracker.start_stage("warmup", 0)
     if args.reuse_warmup:
         warmup = reused_warmup(configs["warmup"], tracker)

@@ -148,11 +148,14 @@ def test_a_variant_reuses_the_warmup_of_gad(collected, tmp_path):
               "--gad-epochs", "1", "--eval-every", "2", "--c2st-splits", "2", "--d-only-steps", "1",
               "--out-dir", str(out), "--workdir", str(work), "--methods", "gad"]  # fmt: skip
     gad = _BENCHMARK.main(["run", *common])[0]["methods"]["gad"]
-    weights = work / "seed0" / "warmup" / "student" / "model.safetensors"
-    trained = weights.stat().st_mtime_ns
+    kept = [work / "seed0" / folder / "model.safetensors" for folder in ("warmup/student", "gad/student", "gad-best")]
+    trained = [path.stat().st_mtime_ns for path in kept]
     variant = _BENCHMARK.main(["run", *common, "--gad-name", "gad_fast", "--gad-lr", "1e-3", "--reuse-warmup"])
     fast = variant[0]["methods"]["gad_fast"]
-    assert weights.stat().st_mtime_ns == trained  # not trained again
+    assert (work / "seed0" / "gad_fast" / "student" / "model.safetensors").exists()
+    # the warmup is not trained again; the variant and the diagnosis leave gad's models as they were
+    _BENCHMARK.main(["run", *common[:-1], "oracle_rl", "--reuse-warmup"])
+    assert [path.stat().st_mtime_ns for path in kept] == trained
     assert fast["steps"] == gad["steps"] == {"warmup": 4, "gad": 4}
     # validated from the warmup's end (the same student, sampled with the same seed), then its own steps
     assert [p["step"] for p in fast["validation"]] == [4, 6, 8] and fast["validation"][0] == gad["validation"][1]
