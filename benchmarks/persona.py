@@ -72,6 +72,9 @@ OUT_DIR = RESULTS / "persona"
 GOAL_C2ST_POINTS = 3.0
 LENGTH_GUARD = (0.5, 2.0)
 METHODS = ("seqkd", "gad", "oracle_rl")
+# the students' sampling seed per split is this plus the run's seed, so every method and checkpoint of a seed is
+# measured on answers drawn alike
+SAMPLING_SEEDS = {"val": 10_000, "test": 40_000}
 
 log = logging.getLogger("persona")
 
@@ -159,10 +162,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     merge.add_argument("inputs", nargs="*", type=Path, help=f"seed JSON files (default: {OUT_DIR}/seed*.json)")
     merge.add_argument("--out", type=Path, default=RESULTS / "persona.json")
 
-    noise = commands.add_parser("noise", help="how much one model's test C2ST moves from one sampling to the next")
+    noise = commands.add_parser("noise", help="how much one model's C2ST moves from one sampling to the next")
     noise.add_argument("model_folder", type=Path, help="a student folder (e.g. WORKDIR/seed0/seqkd-best)")
     _teacher_options(noise)
-    noise.add_argument("--repeats", type=int, default=3, help="samplings of the test answers, each with its own seed")
+    noise.add_argument("--split", choices=tuple(SAMPLING_SEEDS), default="test",
+                       help="the prompts measured: test, or val (what checkpoint selection sees; its first sampling "
+                       "is the one a seed run's validation drew)")  # fmt: skip
+    noise.add_argument("--repeats", type=int, default=3, help="samplings of the answers, each with its own seed")
     noise.add_argument("--temperature", type=float, default=0.8)
     noise.add_argument("--c2st-splits", type=int, default=5)
     noise.add_argument("--out", type=Path, default=RESULTS / "persona_noise.json")
@@ -389,19 +395,20 @@ def within_length_guard(metrics: dict) -> bool:
 
 
 def measurement_noise(args) -> dict:
-    """The test measurement of one model, repeated with other sampling seeds (the first is a seed run's own): the
-    spread that a single seed's test C2ST carries before any training noise."""
+    """One model's measurement on ``--split``, repeated with other sampling seeds (the first is seed 0's own): the
+    spread that a single C2ST carries before any training noise."""
     from gad.evaluation.generate import load_model
 
-    test = load_split(args.data_dir, "test")
-    prompts, samples = list({r["id"]: r for r in test}.values()), answers_per_prompt(test)
+    teacher = load_split(args.data_dir, args.split)
+    prompts, samples = list({r["id"]: r for r in teacher}.values()), answers_per_prompt(teacher)
     model, tokenizer = load_model(args.model_folder, "cpu")
     accuracies = []
     for k in range(args.repeats):  # minutes each on a CPU: say where it is
-        answers = sample_answers(model, tokenizer, prompts, samples, args, seed=40_000 + k)
-        accuracies.append(c2st(test, answers, args.c2st_splits, 0)["acc"])
-        log.info("sampling %d of %d: test C2ST %.1f", k + 1, args.repeats, accuracies[-1])
-    return {"data": data_fingerprint(args.data_dir), "model": str(args.model_folder), "answers_per_side": len(test),
+        answers = sample_answers(model, tokenizer, prompts, samples, args, seed=SAMPLING_SEEDS[args.split] + k)
+        accuracies.append(c2st(teacher, answers, args.c2st_splits, 0)["acc"])
+        log.info("sampling %d of %d: %s C2ST %.1f", k + 1, args.repeats, args.split, accuracies[-1])
+    return {"data": data_fingerprint(args.data_dir), "model": str(args.model_folder), "split": args.split,
+            "answers_per_side": len(teacher),
             "c2st": [_round(a) for a in accuracies], "mean": _round(statistics.mean(accuracies)),
             "sd": _round(statistics.stdev(accuracies)) if len(accuracies) > 1 else None, "goals": {}}  # fmt: skip
 
@@ -450,7 +457,7 @@ def validation_tracker(method: str, val_teacher: list[dict], checker, args, seed
                 self.evaluate(state.global_step, model, processing_class)
 
         def evaluate(self, step: int, model, tokenizer) -> None:
-            answers = sample_answers(model, tokenizer, prompts, samples, args, seed=10_000 + seed)
+            answers = sample_answers(model, tokenizer, prompts, samples, args, seed=SAMPLING_SEEDS["val"] + seed)
             metrics = answer_metrics(answers, val_teacher, checker, args.c2st_splits, seed)
             point = {"step": self.offset + step, "stage": self.stage, **{k: _round(v) for k, v in metrics.items()}}
             gap = abs(metrics["c2st"] - 50)
@@ -635,7 +642,7 @@ def evaluate_methods(args, seed: int, work: Path, methods: dict, checker, checke
                 entry[which] = None
                 continue
             model, tokenizer = load_model(folder, "cpu")
-            answers = sample_answers(model, tokenizer, test_prompts, samples, args, seed=40_000 + seed)
+            answers = sample_answers(model, tokenizer, test_prompts, samples, args, seed=SAMPLING_SEEDS["test"] + seed)
             metrics = answer_metrics(answers, test_teacher, checker, args.c2st_splits, seed)
             entry[which] = {k: _round(v) for k, v in metrics.items()}
             entry[which]["examples"] = [a["response"] for a in answers[:3]]
@@ -853,7 +860,7 @@ def main(argv=None) -> dict:
         return write_result(args.out, "persona", merged, argv)
     if args.command == "noise":
         result = measurement_noise(args)
-        print(f"test C2ST over {args.repeats} samplings: {result['c2st']} (sd {result['sd']})")
+        print(f"{args.split} C2ST over {args.repeats} samplings: {result['c2st']} (sd {result['sd']})")
         return write_result(args.out, "persona", result, argv)
     if args.command == "collect":
         counts = collect_data(args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 
 import pytest
 from conftest import REPO
@@ -230,3 +231,10 @@ def test_noise_repeats_one_models_test_measurement(collected, tmp_path):
     assert result["answers_per_side"] == 8 and len(result["c2st"]) == 2 and result["sd"] >= 0
     assert result["mean"] == pytest.approx(sum(result["c2st"]) / 2, abs=1e-3)
     assert json.loads((tmp_path / "noise.json").read_text())["c2st"] == result["c2st"]
+    fewer = tmp_path / "data"  # validation with half the prompts: the val measurement must have half the answers
+    shutil.copytree(collected, fewer)
+    lines = (collected / "val.jsonl").read_text().splitlines()
+    (fewer / "val.jsonl").write_text("".join(line + "\n" for line in lines[: len(lines) // 2]))
+    val = _BENCHMARK.main(["noise", model, "--data-dir", str(fewer), "--max-new-tokens", "6", "--repeats", "1",
+                           "--split", "val", "--out", str(tmp_path / "noise_val.json")])  # fmt: skip
+    assert val["split"] == "val" and val["answers_per_side"] == len(lines) // 2 == result["answers_per_side"] // 2
