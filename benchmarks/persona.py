@@ -167,7 +167,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     _teacher_options(noise)
     noise.add_argument("--split", choices=tuple(SAMPLING_SEEDS), default="test",
                        help="the prompts measured: test, or val (what checkpoint selection sees; its first sampling "
-                       "is the one a seed run's validation drew)")  # fmt: skip
+                       "is the one seed 0's run drew)")  # fmt: skip
     noise.add_argument("--repeats", type=int, default=3, help="samplings of the answers, each with its own seed")
     noise.add_argument("--temperature", type=float, default=0.8)
     noise.add_argument("--c2st-splits", type=int, default=5)
