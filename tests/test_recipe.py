@@ -158,6 +158,11 @@ def test_student_on_the_command_line_overrides_the_warmup_folder(base):
     assert config.student == "cli-student" and config.init_from is None
 
 
+def test_stage_prefixed_student_on_the_command_line_overrides_the_warmup_folder(base):
+    config = resolve_stage(base, "gad", {"gad.student": "cli-student", "gad.discriminator": "cli-disc"})
+    assert config.student == "cli-student" and config.discriminator == "cli-disc" and config.init_from is None
+
+
 def test_explicit_output_dir_and_init_from(base, tmp_path):
     init = tmp_path / "elsewhere"
     init.mkdir()

@@ -130,12 +130,14 @@ def resolve_stage(
         _check_known(key, all_names, "", "any stage (command line)")
         values[key] = value
 
+    # a student named for this stage (its section, `student=` or `gad.student=`) replaces the warmup's
+    own_student = "student" in section or any((overrides or {}).get(key) for key in ("student", f"{stage}.student"))
     run_dir = values.pop("run_dir", None)
     if run_dir is not None:
         values.setdefault("output_dir", str(RunLayout(run_dir).stage(stage).root))
-        if stage == "gad" and "student" not in section and not (overrides or {}).get("student"):
+        if stage == "gad" and not own_student:
             values.setdefault("init_from", str(RunLayout(run_dir).stage("warmup").root))
-    if stage == "gad" and "init_from" in values and "student" not in section:
+    if stage == "gad" and "init_from" in values and not own_student:
         values.pop("student", None)  # the recipe's top-level student seeds seqkd/warmup; gad starts from warmup
     if "output_dir" not in values:
         raise GadError(f"{where}no output folder: set run_dir (or output_dir) in the recipe or on the command line")
