@@ -163,6 +163,27 @@ def test_stage_prefixed_student_on_the_command_line_overrides_the_warmup_folder(
     assert config.student == "cli-student" and config.discriminator == "cli-disc" and config.init_from is None
 
 
+def test_in_a_pipeline_student_on_the_command_line_seeds_the_first_stage_and_gad_starts_from_the_warmup(base):
+    warmup_dir = str(Path(base["run_dir"]) / "warmup")
+    overrides = {"student": "cli-student", "discriminator": "cli-disc"}
+    warmup = resolve_stage(base, "warmup", overrides, pending={warmup_dir})
+    gad = resolve_stage(base, "gad", overrides, pending={warmup_dir}, warmup_dir=warmup_dir)
+    assert warmup.student == "cli-student" and warmup.discriminator == "cli-disc"
+    assert gad.init_from == warmup_dir
+    assert gad.student == str(Path(warmup_dir) / "student")
+    assert gad.discriminator == str(Path(warmup_dir) / "discriminator")
+    # named for gad itself, a student still replaces the warmup's
+    own = resolve_stage(base, "gad", {**overrides, "gad.student": "own"}, warmup_dir=warmup_dir)
+    assert own.student == "own" and own.init_from is None
+
+
+def test_a_top_level_discriminator_seeds_the_warmup_and_gad_keeps_the_trained_one(base):
+    recipe = {**base, "discriminator": "initial-disc"}
+    gad = resolve_stage(recipe, "gad", pending={"*"})
+    assert gad.discriminator == str(Path(base["run_dir"]) / "warmup" / "discriminator")
+    assert resolve_stage({**recipe, "gad": {"discriminator": "d"}}, "gad", pending={"*"}).discriminator == "d"
+
+
 def test_explicit_output_dir_and_init_from(base, tmp_path):
     init = tmp_path / "elsewhere"
     init.mkdir()

@@ -156,6 +156,15 @@ def test_print_config_works_before_earlier_stages_exist(tmp_path, capsys):
     assert "init_from folder not found" in _error_line(capsys, argv[:-1])
 
 
+def test_a_pipeline_with_student_on_the_command_line_runs_gad_from_its_own_warmup(tmp_path, tiny_model_dir, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--stage", "seqkd,warmup,gad", "--config", str(RECIPE), f"run_dir={run}",
+            f"student={tiny_model_dir}", "--print-config"]  # fmt: skip
+    assert main(argv) == 0
+    gad = capsys.readouterr().out.split("stage: gad")[1]
+    assert f"init_from: {run / 'warmup'}" in gad and f"student: {run / 'warmup' / 'student'}" in gad
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

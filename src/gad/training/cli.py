@@ -68,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
     pending = {"*"} if args.print_config else set()
     configs = []
     for stage in stages:
-        config = resolve_stage(recipe, stage, overrides, source=args.config or "", pending=pending)
+        warmup_dir = next((str(c.output_dir) for s, c in configs if s == "warmup"), None)
+        config = resolve_stage(
+            recipe, stage, overrides, source=args.config or "", pending=pending, warmup_dir=warmup_dir
+        )
         configs.append((stage, config))
         pending.add(str(Path(config.output_dir)))
     if args.print_config:

@@ -3,9 +3,11 @@
 A recipe's top-level keys apply to every stage that has them; a section named after a stage (``seqkd:``, ``warmup:``,
 ``gad:``) overrides them for that stage; ``key=value`` arguments on the command line override both (``key=value``
 applies to the stage being run, ``gad.key=value`` only to that stage). ``run_dir`` names the run: each stage writes to
-``RUN_DIR/STAGE`` unless ``output_dir`` is set, and the ``gad`` stage starts from ``RUN_DIR/warmup`` unless
-``init_from`` (or ``student``) is set. A relative path in a recipe resolves against the recipe's folder when it exists
-there, else against the working directory (``recipe_paths`` in the stage's ``config.yaml`` records which); paths
+``RUN_DIR/STAGE`` unless ``output_dir`` is set, and the ``gad`` stage starts from ``RUN_DIR/warmup`` (or from the
+warmup the same command runs before it), its student and discriminator, unless ``init_from`` is set or its section
+or ``gad.student=`` names a student (a top-level ``student`` or ``discriminator`` seeds the first stages only). A
+relative path in a recipe resolves against the recipe's folder when it exists there, else against the working
+directory (``recipe_paths`` in the stage's ``config.yaml`` records which); paths
 given on the command line are relative to the working directory.
 
 Every key is checked against the stage's config: an unknown key or a value of the wrong type stops with one line
@@ -81,13 +83,17 @@ def resolve_stage(
     *,
     source: str = "",
     pending: set[str] | None = None,
+    warmup_dir: str | None = None,
 ):
     """Build the config of ``stage`` from a recipe dict and command-line overrides. ``pending``: folders that
     earlier stages of the same command will write (their existence is checked when this stage starts); ``{"*"}``
-    defers every such check (to print a config before anything ran)."""
+    defers every such check (to print a config before anything ran). ``warmup_dir``: the folder of a warmup that
+    the same command runs before this stage; the gad stage then starts from it, and an unprefixed ``student=``
+    seeds the pipeline's first stage instead of replacing that warmup's student."""
     if stage not in STAGES:
         raise GadError(f"unknown stage '{stage}'; choose one of {', '.join(STAGES)}")
     config_cls = STAGES[stage]
+    overrides = overrides or {}
     fields_of = {name: {f.name for f in dataclasses.fields(cls)} | RECIPE_ONLY_KEYS for name, cls in STAGES.items()}
     names = fields_of[stage] - RECIPE_ONLY_KEYS
     all_names = set().union(*fields_of.values())
@@ -117,7 +123,7 @@ def resolve_stage(
                 values[key], base = resolve_relative(values[key], folder)
                 if base:
                     recipe_paths[key] = base
-    for key, value in (overrides or {}).items():
+    for key, value in overrides.items():
         prefix, dot, rest = key.partition(".")
         if dot:
             if prefix not in STAGES:
@@ -130,15 +136,20 @@ def resolve_stage(
         _check_known(key, all_names, "", "any stage (command line)")
         values[key] = value
 
-    # a student named for this stage (its section, `student=` or `gad.student=`) replaces the warmup's
-    own_student = "student" in section or any((overrides or {}).get(key) for key in ("student", f"{stage}.student"))
+    def named_for_this_stage(key: str) -> bool:
+        # its section, `STAGE.key=`, or `key=` when no warmup runs before it in the same command; a top-level value
+        # seeds the pipeline's first stages
+        return key in section or bool(overrides.get(f"{stage}.{key}") or (overrides.get(key) and warmup_dir is None))
+
     run_dir = values.pop("run_dir", None)
     if run_dir is not None:
         values.setdefault("output_dir", str(RunLayout(run_dir).stage(stage).root))
-        if stage == "gad" and not own_student:
-            values.setdefault("init_from", str(RunLayout(run_dir).stage("warmup").root))
-    if stage == "gad" and "init_from" in values and not own_student:
-        values.pop("student", None)  # the recipe's top-level student seeds seqkd/warmup; gad starts from warmup
+    if stage == "gad" and not named_for_this_stage("student") and (warmup_dir or run_dir is not None):
+        values.setdefault("init_from", warmup_dir or str(RunLayout(run_dir).stage("warmup").root))
+    if stage == "gad" and "init_from" in values:  # the warmup's student and discriminator, unless named for gad
+        for key in ("student", "discriminator"):
+            if not named_for_this_stage(key):
+                values.pop(key, None)
     if "output_dir" not in values:
         raise GadError(f"{where}no output folder: set run_dir (or output_dir) in the recipe or on the command line")
     values = {k: v for k, v in values.items() if k in names}
