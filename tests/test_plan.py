@@ -398,8 +398,19 @@ def test_dry_run_finds_a_missing_response_column(tmp_path, capsys):
 
 
 def test_dry_run_warns_when_gad_would_not_start_from_the_warmup(tmp_path, capsys):
-    assert dry_run(tmp_path, f"student={write_model(tmp_path / 'other')}") == 1
+    assert dry_run(tmp_path, f"gad.student={write_model(tmp_path / 'other')}") == 1
     assert "gad does not start from the warmup's output" in capsys.readouterr().out
+
+
+def test_dry_run_sizes_gad_as_the_warmup_it_starts_from(tmp_path, capsys):
+    # plain student=/discriminator= seed the stages before gad, as in `gad train --stage seqkd,warmup,gad`
+    bigger = write_model(tmp_path / "disc", **{**TINY, "num_hidden_layers": 3})
+    assert dry_run(tmp_path, f"student={write_model(tmp_path / 'other')}", f"discriminator={bigger}") == 0
+    out = capsys.readouterr().out
+    expected = f"student {TINY_PARAMS:,}, discriminator {TINY_DISCRIMINATOR + TINY_LAYER:,}"
+    assert f"warmup: config ok; built on the meta device: {expected}" in out
+    assert f"gad: config ok; built on the meta device: {expected}" in out
+    assert "gad does not start from the warmup's output" not in out
 
 
 def test_dry_run_reports_a_batch_trl_would_refuse(tmp_path, capsys):

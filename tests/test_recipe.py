@@ -163,7 +163,7 @@ def test_stage_prefixed_student_on_the_command_line_overrides_the_warmup_folder(
     assert config.student == "cli-student" and config.discriminator == "cli-disc" and config.init_from is None
 
 
-def test_in_a_pipeline_student_on_the_command_line_seeds_the_first_stage_and_gad_starts_from_the_warmup(base):
+def test_in_a_pipeline_student_on_the_command_line_seeds_the_stages_before_gad_and_gad_starts_from_the_warmup(base):
     warmup_dir = str(Path(base["run_dir"]) / "warmup")
     overrides = {"student": "cli-student", "discriminator": "cli-disc"}
     warmup = resolve_stage(base, "warmup", overrides, pending={warmup_dir})

@@ -158,7 +158,9 @@ def requested_generation(recipe: dict, overrides: dict[str, str], stage: str) ->
     }
 
 
-def resolve_for_plan(recipe: dict, stage: str, overrides: dict[str, str], source: str, gpus: int):
+def resolve_for_plan(
+    recipe: dict, stage: str, overrides: dict[str, str], source: str, gpus: int, warmup_dir: str | None = None
+):
     """The stage's config as ``gad train`` would build it on ``gpus`` processes.
 
     TRL derives ``generation_batch_size`` from the number of processes when the config is built; here that is one,
@@ -180,7 +182,7 @@ def resolve_for_plan(recipe: dict, stage: str, overrides: dict[str, str], source
             or defaults["gradient_accumulation_steps"]
         )
         extra[f"{stage}.generation_batch_size"] = str(per_device * gpus * accumulation)
-    return resolve_stage(recipe, stage, {**overrides, **extra}, source=source, pending={"*"})
+    return resolve_stage(recipe, stage, {**overrides, **extra}, source=source, pending={"*"}, warmup_dir=warmup_dir)
 
 
 def _checkpointing(flag: bool | None, implied: dict, config, sharding: str) -> bool:
@@ -195,30 +197,39 @@ def _checkpointing(flag: bool | None, implied: dict, config, sharding: str) -> b
 
 def model_sizes(stage: str, config, recipe: dict, overrides: dict[str, str], source: str):
     """Exact sizes of the stage's student and discriminator (None for seqkd), from their configs."""
-    from gad.plan import count_model, load_model_config, paper_model_name
+    from gad.plan import count_model, load_model_config
 
     student_path = _materialised(config.student)
     seed = None
-    if not (student_path and (Path(student_path) / "config.json").is_file()) and not paper_model_name(student_path):
-        seed = _seed_student(recipe, overrides, source)  # gad's student is warmup's output: size the recipe's student
+    if not _exists(student_path):
+        seed = _seed_model(recipe, overrides, source, "seqkd", "student")  # gad's student is warmup's output
     student_config, where = load_model_config(student_path, fallback=seed)
     student = count_model(student_config, where)
     if stage == "seqkd":
         return student, None
     layers = getattr(config, "discriminator_trainable_layers", None)
     path = getattr(config, "discriminator", None)
-    if path and ((Path(path) / "config.json").is_file() or paper_model_name(path)):
+    if stage == "gad" and not _exists(path):  # gad's discriminator is warmup's output: size what warmup starts from
+        path = _seed_model(recipe, overrides, source, "warmup", "discriminator")
+    if _exists(path):
         disc_config, disc_where = load_model_config(path)
     else:
         disc_config, disc_where = student_config, "the student's (the discriminator starts from the student)"
     return student, count_model(disc_config, disc_where, classifier=True, trainable_layers=layers)
 
 
-def _seed_student(recipe: dict, overrides: dict[str, str], source: str) -> str | None:
+def _exists(path: str | None) -> bool:
+    from gad.plan import paper_model_name
+
+    return bool(path and ((Path(path) / "config.json").is_file() or paper_model_name(path)))
+
+
+def _seed_model(recipe: dict, overrides: dict[str, str], source: str, stage: str, key: str) -> str | None:
+    """The model ``stage`` starts from (``key``: student or discriminator), as a plan sizes it before the run."""
     from gad.training.recipe import resolve_stage
 
     try:
-        return _materialised(resolve_stage(recipe, "seqkd", overrides, source=source, pending={"*"}).student)
+        return _materialised(getattr(resolve_stage(recipe, stage, overrides, source=source, pending={"*"}), key))
     except GadError:
         return None
 
@@ -243,7 +254,8 @@ def dry_run(recipe: dict, overrides: dict[str, str], source: str, gpus: int) -> 
     configs, batches = {}, {}
     for stage in ("seqkd", "warmup", "gad"):
         try:
-            config = resolve_for_plan(recipe, stage, overrides, source, gpus)
+            warmup_dir = str(configs["warmup"].output_dir) if stage == "gad" and "warmup" in configs else None
+            config = resolve_for_plan(recipe, stage, overrides, source, gpus, warmup_dir)
             student, disc = model_sizes(stage, config, recipe, overrides, source)
         except GadError as error:
             problems.append(f"{stage}: {error}")
@@ -318,13 +330,13 @@ def _schedule_lines(schedules: dict, configs: dict, rows: int, assumed: bool) ->
 
 
 def _hand_over_problem(configs: dict) -> str | None:
-    """gad starts from the warmup's output only when no student is given for it: a plain student= on the command
-    line (or in the gad section) makes it start from that model instead, which is easy to do by accident."""
+    """gad starts from the warmup's output only when no student is given for it: one in the gad section (or
+    gad.student=) makes it start from that model instead, which is easy to do by accident."""
     if "gad" not in configs or "warmup" not in configs or configs["gad"].init_from:
         return None
     return (
         f"gad does not start from the warmup's output but from {configs['gad'].student}: a student is given for it "
-        "(student= on the command line, or in the gad section); pass seqkd.student=PATH warmup.student=PATH instead"
+        "(gad.student= on the command line, or in the gad section); drop it to start from the warmup"
     )
 
 

@@ -67,13 +67,15 @@ def run(args: argparse.Namespace) -> int:
     # stops the command now, not hours later. Inputs an earlier stage will write are checked when their stage starts.
     pending = {"*"} if args.print_config else set()
     configs = []
+    warmup_dir = None  # a warmup run by this command is where its gad stage starts
     for stage in stages:
-        warmup_dir = next((str(c.output_dir) for s, c in configs if s == "warmup"), None)
         config = resolve_stage(
             recipe, stage, overrides, source=args.config or "", pending=pending, warmup_dir=warmup_dir
         )
         configs.append((stage, config))
         pending.add(str(Path(config.output_dir)))
+        if stage == "warmup":
+            warmup_dir = str(config.output_dir)
     if args.print_config:
         import yaml
 

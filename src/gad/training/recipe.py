@@ -3,12 +3,12 @@
 A recipe's top-level keys apply to every stage that has them; a section named after a stage (``seqkd:``, ``warmup:``,
 ``gad:``) overrides them for that stage; ``key=value`` arguments on the command line override both (``key=value``
 applies to the stage being run, ``gad.key=value`` only to that stage). ``run_dir`` names the run: each stage writes to
-``RUN_DIR/STAGE`` unless ``output_dir`` is set, and the ``gad`` stage starts from ``RUN_DIR/warmup`` (or from the
-warmup the same command runs before it), its student and discriminator, unless ``init_from`` is set or its section
-or ``gad.student=`` names a student (a top-level ``student`` or ``discriminator`` seeds the first stages only). A
-relative path in a recipe resolves against the recipe's folder when it exists there, else against the working
-directory (``recipe_paths`` in the stage's ``config.yaml`` records which); paths
-given on the command line are relative to the working directory.
+``RUN_DIR/STAGE`` unless ``output_dir`` is set. The ``gad`` stage starts from the warmup's student and discriminator
+(``RUN_DIR/warmup``, or the warmup the same command runs before it) unless ``init_from`` is set or a student is named
+for it (its section, ``gad.student=``, or ``student=`` on a command that does not run the warmup); a top-level
+``student`` or ``discriminator`` seeds the stages before gad. A relative path in a recipe resolves against the
+recipe's folder when it exists there, else against the working directory (``recipe_paths`` in the stage's
+``config.yaml`` records which); paths given on the command line are relative to the working directory.
 
 Every key is checked against the stage's config: an unknown key or a value of the wrong type stops with one line
 naming the file, the key and what is expected.
@@ -89,7 +89,7 @@ def resolve_stage(
     earlier stages of the same command will write (their existence is checked when this stage starts); ``{"*"}``
     defers every such check (to print a config before anything ran). ``warmup_dir``: the folder of a warmup that
     the same command runs before this stage; the gad stage then starts from it, and an unprefixed ``student=``
-    seeds the pipeline's first stage instead of replacing that warmup's student."""
+    seeds the stages before it instead of replacing that warmup's student."""
     if stage not in STAGES:
         raise GadError(f"unknown stage '{stage}'; choose one of {', '.join(STAGES)}")
     config_cls = STAGES[stage]
@@ -138,7 +138,7 @@ def resolve_stage(
 
     def named_for_this_stage(key: str) -> bool:
         # its section, `STAGE.key=`, or `key=` when no warmup runs before it in the same command; a top-level value
-        # seeds the pipeline's first stages
+        # seeds the stages before gad
         return key in section or bool(overrides.get(f"{stage}.{key}") or (overrides.get(key) and warmup_dir is None))
 
     run_dir = values.pop("run_dir", None)
