@@ -43,6 +43,7 @@ warmup is rerun, and the merge reports how far the rerun's validation C2ST is fr
     nice python benchmarks/persona.py run --seeds 0 --methods gad --gad-name gad_d2 --reuse-warmup --workdir W \
         --set gad.discriminator_updates=2                      # from the warmup a `--workdir W` run of GAD left
     nice python benchmarks/persona.py noise WORKDIR/seed0/seqkd-best   # one model's test C2ST, sampled 3 times
+    nice python benchmarks/persona.py probe WORKDIR/seed0/gad  # does its discriminator still reward the persona?
 """
 
 from __future__ import annotations
@@ -172,6 +173,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     noise.add_argument("--temperature", type=float, default=0.8)
     noise.add_argument("--c2st-splits", type=int, default=5)
     noise.add_argument("--out", type=Path, default=RESULTS / "persona_noise.json")
+
+    probe = commands.add_parser(
+        "probe", help="does a run's discriminator reward the persona? (its student's validation answers, by check)"
+    )
+    probe.add_argument("run_folders", nargs="+", type=Path, help="stage folders with student/ and discriminator/")
+    _teacher_options(probe)
+    probe.add_argument("--style-regex", default=None, help="the persona check as a regex (default: the demo's check)")
+    probe.add_argument("--temperature", type=float, default=0.8)
+    probe.add_argument("--out", type=Path, default=RESULTS / "persona_probe.json")
     args = parser.parse_args(argv)
     if args.command == "run" and args.reuse_warmup and (args.workdir is None or "seqkd" in args.methods):
         parser.error("--reuse-warmup needs --workdir (where the earlier run left the warmup) and no seqkd")
@@ -849,6 +859,47 @@ def _interval(paired: dict) -> str:
 # main
 
 
+def persona_preference(args) -> dict:
+    """For each run folder: its student's validation answers (sampled as selection saw them) and the teacher's,
+    scored by the folder's discriminator and split by the persona check. ``within_prompt`` is the mean, over prompts
+    where the student answered both ways, of D(persona answers) - D(plain answers): a reward that points towards the
+    teacher's rate is negative there once the student uses the persona more often than the teacher does."""
+    from gad.evaluation.generate import load_model
+    from gad.training.discriminator import Discriminator
+
+    check = checker_for(persona(args)[1])
+    teacher = load_split(args.data_dir, "val")
+    prompts, samples = list({r["id"]: r for r in teacher}.values()), answers_per_prompt(teacher)
+    runs = {}
+    for folder in args.run_folders:
+        model, tokenizer = load_model(folder / "student", "cpu")
+        student = sample_answers(model, tokenizer, prompts, samples, args, seed=SAMPLING_SEEDS["val"])
+        del model
+        disc = Discriminator.from_pretrained(folder / "discriminator", max_length=512).eval()
+        sides = {}
+        for side, rows in (("student", student), ("teacher", teacher)):
+            scores = disc.score([[{"role": "user", "content": r["prompt"]}] for r in rows],
+                                [r["response"] for r in rows]).tolist()  # fmt: skip
+            by_prompt = collections.defaultdict(lambda: ([], []))
+            for row, score in zip(rows, scores, strict=True):
+                by_prompt[row["id"]][0 if check(row["response"]) else 1].append(score)
+            both = [statistics.fmean(a) - statistics.fmean(b) for a, b in by_prompt.values() if a and b]
+            persona_scores = [x for a, _ in by_prompt.values() for x in a]
+            plain_scores = [x for _, b in by_prompt.values() for x in b]
+            sides[side] = {
+                "persona_rate": _round(100 * len(persona_scores) / len(rows)),
+                "score_persona": _round(statistics.fmean(persona_scores)) if persona_scores else None,
+                "score_plain": _round(statistics.fmean(plain_scores)) if plain_scores else None,
+                "within_prompt": _round(statistics.fmean(both)) if both else None,
+                "prompts_both_ways": len(both),
+            }
+        runs[str(folder)] = sides
+        log.info("%s: student persona %s%% (teacher %s%%), D persona - plain within a prompt %s over %d prompts",
+                 folder, sides["student"]["persona_rate"], sides["teacher"]["persona_rate"],
+                 sides["student"]["within_prompt"], sides["student"]["prompts_both_ways"])  # fmt: skip
+    return {"data": data_fingerprint(args.data_dir), "runs": runs, "goals": {}}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
@@ -862,6 +913,8 @@ def main(argv=None) -> dict:
         result = measurement_noise(args)
         print(f"{args.split} C2ST over {args.repeats} samplings: {result['c2st']} (sd {result['sd']})")
         return write_result(args.out, "persona", result, argv)
+    if args.command == "probe":
+        return write_result(args.out, "persona", persona_preference(args), argv)
     if args.command == "collect":
         counts = collect_data(args)
         print(f"wrote {args.data_dir}: {counts}")

@@ -238,3 +238,31 @@ def test_noise_repeats_one_models_test_measurement(collected, tmp_path):
     val = _BENCHMARK.main(["noise", model, "--data-dir", str(fewer), "--max-new-tokens", "6", "--repeats", "1",
                            "--split", "val", "--out", str(tmp_path / "noise_val.json")])  # fmt: skip
     assert val["split"] == "val" and val["answers_per_side"] == len(lines) // 2 == result["answers_per_side"] // 2
+
+
+def test_probe_splits_discriminator_scores_by_the_persona_check(collected, tmp_path):
+    import torch
+    from gad.models import resolve_model
+    from gad.training.discriminator import Discriminator
+
+    run = tmp_path / "run"  # a stage folder: the tiny model as student, a discriminator drawn from it
+    shutil.copytree(resolve_model("builtin:tiny-llama"), run / "student")
+    Discriminator.from_pretrained(run / "student", seed=3).save_pretrained(run / "discriminator")
+
+    def probe(regex: str) -> dict:
+        argv = ["probe", str(run), "--data-dir", str(collected), "--max-new-tokens", "6", "--style-regex", regex,
+                "--out", str(tmp_path / "probe.json")]  # fmt: skip
+        return _BENCHMARK.main(argv)["runs"][str(run)]
+
+    everything, nothing = probe("."), probe("^x{50}")
+    teacher_rows = _BENCHMARK.load_split(collected, "val")
+    disc = Discriminator.from_pretrained(run / "discriminator", max_length=512).eval()
+    with torch.no_grad():
+        scores = disc.score([[{"role": "user", "content": r["prompt"]}] for r in teacher_rows],
+                            [r["response"] for r in teacher_rows])  # fmt: skip
+    assert everything["teacher"]["persona_rate"] == 100 and everything["teacher"]["score_plain"] is None
+    assert everything["teacher"]["score_persona"] == pytest.approx(scores.mean().item(), abs=1e-3)
+    assert nothing["teacher"]["score_plain"] == pytest.approx(everything["teacher"]["score_persona"], abs=1e-3)
+    for sides in (everything, nothing):  # answered only one way: no prompt to compare within
+        assert sides["student"]["within_prompt"] is None and sides["student"]["prompts_both_ways"] == 0
+    assert json.loads((tmp_path / "probe.json").read_text())["runs"][str(run)]["student"] == nothing["student"]
