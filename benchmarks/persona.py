@@ -181,6 +181,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     _teacher_options(probe)
     probe.add_argument("--style-regex", default=None, help="the persona check as a regex (default: the demo's check)")
     probe.add_argument("--temperature", type=float, default=0.8)
+    probe.add_argument("--threads", type=int, default=None, help="torch threads (1 beside another run)")
     probe.add_argument("--out", type=Path, default=RESULTS / "persona_probe.json")
     args = parser.parse_args(argv)
     if args.command == "run" and args.reuse_warmup and (args.workdir is None or "seqkd" in args.methods):
@@ -913,8 +914,6 @@ def main(argv=None) -> dict:
         result = measurement_noise(args)
         print(f"{args.split} C2ST over {args.repeats} samplings: {result['c2st']} (sd {result['sd']})")
         return write_result(args.out, "persona", result, argv)
-    if args.command == "probe":
-        return write_result(args.out, "persona", persona_preference(args), argv)
     if args.command == "collect":
         counts = collect_data(args)
         print(f"wrote {args.data_dir}: {counts}")
@@ -923,6 +922,8 @@ def main(argv=None) -> dict:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.command == "probe":
+        return write_result(args.out, "persona", persona_preference(args), argv)
     if args.quick:
         for key, value in QUICK_ARGS.items():
             setattr(args, key, value)

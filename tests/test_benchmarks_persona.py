@@ -241,7 +241,6 @@ def test_noise_repeats_one_models_test_measurement(collected, tmp_path):
 
 
 def test_probe_splits_discriminator_scores_by_the_persona_check(collected, tmp_path):
-    import torch
     from gad.models import resolve_model
     from gad.training.discriminator import Discriminator
 
@@ -257,9 +256,8 @@ def test_probe_splits_discriminator_scores_by_the_persona_check(collected, tmp_p
     everything, nothing = probe("."), probe("^x{50}")
     teacher_rows = _BENCHMARK.load_split(collected, "val")
     disc = Discriminator.from_pretrained(run / "discriminator", max_length=512).eval()
-    with torch.no_grad():
-        scores = disc.score([[{"role": "user", "content": r["prompt"]}] for r in teacher_rows],
-                            [r["response"] for r in teacher_rows])  # fmt: skip
+    scores = disc.score([[{"role": "user", "content": r["prompt"]}] for r in teacher_rows],
+                        [r["response"] for r in teacher_rows])  # fmt: skip
     assert everything["teacher"]["persona_rate"] == 100 and everything["teacher"]["score_plain"] is None
     assert everything["teacher"]["score_persona"] == pytest.approx(scores.mean().item(), abs=1e-3)
     assert nothing["teacher"]["score_plain"] == pytest.approx(everything["teacher"]["score_persona"], abs=1e-3)
