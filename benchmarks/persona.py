@@ -181,6 +181,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     _teacher_options(probe)
     probe.add_argument("--style-regex", default=None, help="the persona check as a regex (default: the demo's check)")
     probe.add_argument("--temperature", type=float, default=0.8)
+    probe.add_argument("--seed", type=int, default=0, help="the runs' seed: answers are sampled as its selection did")
     probe.add_argument("--threads", type=int, default=None, help="torch threads (1 beside another run)")
     probe.add_argument("--out", type=Path, default=RESULTS / "persona_probe.json")
     args = parser.parse_args(argv)
@@ -861,10 +862,11 @@ def _interval(paired: dict) -> str:
 
 
 def persona_preference(args) -> dict:
-    """For each run folder: its student's validation answers (sampled as selection saw them) and the teacher's,
-    scored by the folder's discriminator and split by the persona check. ``within_prompt`` is the mean, over prompts
-    where the student answered both ways, of D(persona answers) - D(plain answers): a reward that points towards the
-    teacher's rate is negative there once the student uses the persona more often than the teacher does."""
+    """For each run folder (of seed ``--seed``): its student's validation answers (sampled as that seed's selection
+    sampled them) and the teacher's, scored by the folder's discriminator and split by the persona check.
+    ``within_prompt`` is the mean, over prompts where the student answered both ways, of D(persona answers) -
+    D(plain answers): a reward that points towards the teacher's rate is negative there once the student uses the
+    persona more often than the teacher does."""
     from gad.evaluation.generate import load_model
     from gad.training.discriminator import Discriminator
 
@@ -874,7 +876,7 @@ def persona_preference(args) -> dict:
     runs = {}
     for folder in args.run_folders:
         model, tokenizer = load_model(folder / "student", "cpu")
-        student = sample_answers(model, tokenizer, prompts, samples, args, seed=SAMPLING_SEEDS["val"])
+        student = sample_answers(model, tokenizer, prompts, samples, args, seed=SAMPLING_SEEDS["val"] + args.seed)
         del model
         disc = Discriminator.from_pretrained(folder / "discriminator", max_length=512).eval()
         sides = {}
