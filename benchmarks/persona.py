@@ -501,7 +501,9 @@ def stage_configs(args, seed: int, model_dir: str, disc_dir: str, train_file: Pa
                        # d_acc_val: the discriminator on every validation prompt (never trained on), one teacher
                        # answer each, as often as the students are validated
                        discriminator_val_every=args.eval_every, discriminator_val_file=str(d_val_file),
-                       discriminator_val_size=d_val_size)  # fmt: skip
+                       discriminator_val_size=d_val_size,
+                       # logs style_match, the persona rate of each step's samples; the reward stays the discriminator's
+                       style_regex=regex)  # fmt: skip
     recipe = {
         "run_dir": str(work), "student": model_dir, "train_file": str(train_file), "seed": seed,
         "max_prompt_length": 256, "max_completion_length": args.max_new_tokens, "save_strategy": "no",
@@ -518,8 +520,7 @@ def stage_configs(args, seed: int, model_dir: str, disc_dir: str, train_file: Pa
     pending = {str(work / "warmup")}  # written by the warmup stage of this run
     configs = {stage: resolve_stage(recipe, stage, overrides, pending=pending) for stage in ("seqkd", "warmup", "gad")}
     if "oracle_rl" in args.methods:
-        oracle = {**recipe["gad"], "output_dir": str(work / "oracle-rl"), "reward_source": "style_regex",
-                  "style_regex": regex}  # fmt: skip
+        oracle = {**recipe["gad"], "output_dir": str(work / "oracle-rl"), "reward_source": "style_regex"}
         configs["oracle_rl"] = resolve_stage({**recipe, "gad": oracle}, "gad", overrides, pending=pending)
     return configs
 
@@ -666,9 +667,10 @@ def evaluate_methods(args, seed: int, work: Path, methods: dict, checker, checke
 
 
 # The training metrics a seed file keeps per step; frac_reward_zero_std (TRL's share of prompts whose samples all got
-# the same reward, so no gradient) is how much of an RL step a 0/1 reward such as the persona check wastes.
-CURVE_KEYS = ("loss", "sft_loss", "reward", "frac_reward_zero_std", "d_acc", "d_acc_val", "d_loss", "student_len",
-              "teacher_len")  # fmt: skip
+# the same reward, so no gradient) is how much of an RL step a 0/1 reward such as the persona check wastes;
+# style_match is the persona rate of the step's training samples (train prompts, where the teacher's rate is 70 %).
+CURVE_KEYS = ("loss", "sft_loss", "reward", "frac_reward_zero_std", "style_match", "d_acc", "d_acc_val", "d_loss",
+              "student_len", "teacher_len")  # fmt: skip
 
 
 def seed_file_stem(args, seed: int) -> str:

@@ -92,6 +92,8 @@ def test_one_seed_then_merge(collected, tmp_path):
             assert 0 <= metrics["c2st"] <= 100 and 0 <= metrics["style_pass"] <= 100
             assert 0 <= metrics["degenerate"] <= 100 and 0 <= metrics["distinct_2"] <= 1
     assert any("d_acc" in row for row in gad["curves"])
+    # the persona rate of every training step's samples, for GAD as for the oracle whose reward it is
+    assert all(0 <= row["style_match"] <= 1 for row in gad["curves"] + oracle["curves"] if "d_acc" in row)
     steps = [row["step"] for row in gad["curves"]]
     assert steps == sorted(steps) and steps[-1] == 8  # stepped like the validation curve, across both stages
     # d_acc_val is measured on the validation prompts as often as the students are validated

@@ -420,6 +420,38 @@ def test_logsigmoid_reward_bounds_the_students_reward_and_leaves_the_discriminat
     assert bounded["reward"] <= torch.nn.functional.logsigmoid(torch.tensor(raw["d_student_score"])).item() + 1e-6
 
 
+def _teacher_nll(model, tokenizer, rows) -> float:
+    """Mean per-token cross-entropy of the rows' teacher responses under ``model``."""
+    losses = []
+    with torch.no_grad():
+        for row in rows:
+            prompt_ids, teacher_ids = teacher_turn_ids(tokenizer, row.prompt, row.response)
+            logits = model(input_ids=torch.tensor([prompt_ids + teacher_ids])).logits[0, len(prompt_ids) - 1 : -1]
+            losses.append(torch.nn.functional.cross_entropy(logits.float(), torch.tensor(teacher_ids)).item())
+    return sum(losses) / len(losses)
+
+
+def test_teacher_sft_weight_pulls_the_student_towards_the_teachers_answers(tmp_path, tiny_model_dir, tiny_train_file):
+    rows, _ = load_training_rows(tiny_train_file)
+    runs = {}
+    for weight in (0.0, 1.0):
+        trainer = _trainer(
+            "gad", GADConfig, tmp_path / str(weight), tiny_model_dir, tiny_train_file,
+            max_steps=2, learning_rate=1e-3, beta=0.0, discriminator_learning_rate=1e-3, teacher_sft_weight=weight,
+        )  # fmt: skip
+        before = _teacher_nll(trainer.model, trainer.processing_class, rows)
+        trainer.train()
+        after = _teacher_nll(trainer.model.eval(), trainer.processing_class, rows)
+        logs = [row for row in trainer.state.log_history if "d_loss" in row]
+        runs[weight] = (before, after, logs)
+    (before, plain, plain_logs), (_, mixed, mixed_logs) = runs[0.0], runs[1.0]
+    # The same first samples and discriminator update: the term changes the student's loss, nothing before it.
+    for key in ("d_loss", "d_acc", "reward"):
+        assert mixed_logs[0][key] == pytest.approx(plain_logs[0][key], rel=1e-5, abs=1e-6), key
+    assert "sft_loss" not in plain_logs[0] and all("sft_loss" in row for row in mixed_logs)
+    assert mixed < before and mixed < plain - 0.05, (before, plain, mixed)
+
+
 def _match_rate(model, tokenizer, pattern: str, prompts, seed: int) -> float:
     import re
 

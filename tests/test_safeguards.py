@@ -25,6 +25,7 @@ NEW_FIELDS = {
     "reward_transform": "raw",
     "reward_source": "discriminator",
     "style_regex": None,
+    "teacher_sft_weight": 0.0,
     "discriminator_skip_accuracy": None,
     "discriminator_max_skips": 3,
     "discriminator_collapse_accuracy": None,
@@ -72,6 +73,8 @@ def test_new_fields_are_documented_and_off_by_default(tmp_path, tiny_model_dir, 
         ({"discriminator_val_file": "val.jsonl"}, "discriminator_val_every is not"),
         ({"discriminator_val_every": 1, "discriminator_val_file": "missing.jsonl"}, "discriminator_val_file not found"),
         ({"discriminator_val_temperature": -1.0}, "discriminator_val_temperature must be >= 0"),
+        ({"teacher_sft_weight": -0.5}, "teacher_sft_weight must be >= 0"),
+        ({"teacher_sft_weight": 1.0, "student_objective": "teacher_sft"}, "already learns from it alone"),
     ],
 )
 def test_bad_safeguard_values_are_one_line_errors(tmp_path, tiny_model_dir, tiny_train_file, overrides, message):

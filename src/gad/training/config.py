@@ -314,6 +314,15 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
             "and logs as usual."
         ),
     )
+    teacher_sft_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "Add this weight times the cross-entropy of each prompt's teacher response to the student's "
+            "policy-gradient loss (behaviour cloning beside RL, as in GAIL+BC or InstructGPT's PPO-ptx): the teacher's "
+            "answers keep pulling the student towards how the teacher writes, so a reward that favours one feature "
+            "(a style) is not followed past the teacher's use of it. Logged as sft_loss. 0: off (paper)."
+        ),
+    )
     style_regex: str | None = field(
         default=None,
         metadata=_help(
@@ -486,6 +495,13 @@ def _validate_safeguards(config: GADConfig) -> None:
     ):
         if value not in choices:
             raise GadError(f"unknown {name} '{value}'; choose one of {', '.join(choices)}")
+    if config.teacher_sft_weight < 0:
+        raise GadError(f"teacher_sft_weight must be >= 0 (0: off), got {config.teacher_sft_weight}")
+    if config.teacher_sft_weight and config.student_objective == "teacher_sft":
+        raise GadError(
+            "teacher_sft_weight mixes the teacher's cross-entropy into the policy-gradient loss; with "
+            "student_objective=teacher_sft (warmup) the student already learns from it alone: leave it at 0"
+        )
     if config.reward_source == "style_regex" and not config.style_regex:
         raise GadError("reward_source=style_regex needs style_regex: a regular expression teacher-like samples match")
     if config.style_regex is not None:

@@ -187,7 +187,7 @@ class GADTrainer(CompleteCheckpoints, GRPOTrainer):
         if self.args.discriminator_skip_accuracy is not None:
             d_metrics["d_skipped"] = float(skipped)
         self._log_step_diagnostics(d_metrics, batch, output, first_rows)
-        if self.args.student_objective == "teacher_sft":
+        if self.args.student_objective == "teacher_sft" or self.args.teacher_sft_weight:
             output.update(self._teacher_tensors(batch, first_rows))
         return output
 
@@ -457,7 +457,10 @@ class GADTrainer(CompleteCheckpoints, GRPOTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.args.student_objective == "teacher_sft":
             return self._teacher_sft_loss(model, inputs)
-        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self.args.teacher_sft_weight:
+            loss = loss + self.args.teacher_sft_weight * self._teacher_sft_loss(model, inputs)
+        return loss
 
     def _teacher_tensors(self, batch, first_rows) -> dict[str, torch.Tensor]:
         """Teacher turn tokens for the warmup's cross-entropy, one row per prompt (weight 0 on repeats)."""
