@@ -319,8 +319,9 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
         metadata=_help(
             "Add this weight times the cross-entropy of each prompt's teacher response to the student's "
             "policy-gradient loss (behaviour cloning beside RL, as in GAIL+BC or InstructGPT's PPO-ptx): the teacher's "
-            "answers keep pulling the student towards how the teacher writes, so a reward that favours one feature "
-            "(a style) is not followed past the teacher's use of it. Logged as sft_loss. 0: off (paper)."
+            "answers keep pulling the student towards how the teacher writes while it follows the discriminator, "
+            "which may favour one feature of them (a style) beyond the teacher's own use of it. Logged as sft_loss. "
+            "0: off (paper)."
         ),
     )
     style_regex: str | None = field(

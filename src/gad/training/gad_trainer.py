@@ -463,7 +463,8 @@ class GADTrainer(CompleteCheckpoints, GRPOTrainer):
         return loss
 
     def _teacher_tensors(self, batch, first_rows) -> dict[str, torch.Tensor]:
-        """Teacher turn tokens for the warmup's cross-entropy, one row per prompt (weight 0 on repeats)."""
+        """Teacher turn tokens for the cross-entropy on the teacher's answer (warmup's loss, or beside GRPO's with
+        teacher_sft_weight), one row per prompt (weight 0 on repeats)."""
         device = self.accelerator.device
         turns = zip(batch["prompts"], batch["teacher"], batch["teacher_finished"], strict=True)
         ids = [torch.tensor(teacher_turn_ids(self._tokenizer, p, t, f)[1]) for p, t, f in turns]
