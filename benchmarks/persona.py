@@ -668,7 +668,7 @@ def evaluate_methods(args, seed: int, work: Path, methods: dict, checker, checke
 
 # The training metrics a seed file keeps per step; frac_reward_zero_std (TRL's share of prompts whose samples all got
 # the same reward, so no gradient) is how much of an RL step a 0/1 reward such as the persona check wastes;
-# style_match is the persona rate of the step's training samples (train prompts, where the teacher's rate is 70 %).
+# style_match is the persona rate of the step's training samples (on the train prompts).
 CURVE_KEYS = ("loss", "sft_loss", "reward", "frac_reward_zero_std", "style_match", "d_acc", "d_acc_val", "d_loss",
               "student_len", "teacher_len")  # fmt: skip
 
