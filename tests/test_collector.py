@@ -138,15 +138,24 @@ def test_n_samples_per_prompt(tmp_path):
     assert summary.answered == 6 and len(server.log) == 6
 
 
-def test_each_sample_of_a_seeded_run_is_asked_with_a_seed_of_its_own(tmp_path):
-    # one seed for every sample made an endpoint that honours seeds answer the same n times
+def test_each_answer_of_a_seeded_run_is_asked_with_a_seed_of_its_own(tmp_path):
+    # one seed for every sample made an endpoint that honours seeds answer the same n times; one seed for every
+    # prompt gave every answer the same random numbers, so that a whole collection leaned the same way
     prompts = write_prompts(tmp_path / "prompts.jsonl", 2)
     out = tmp_path / "out.jsonl"
     with FaultServer() as server:
         collect(config(prompts, out, server.base_url, n=3, seed=5, temperature=0.8))
-    asked = sorted((entry.prompt_hash, entry.body["seed"]) for entry in server.log)
-    assert [seed for _, seed in asked] == [5, 6, 7, 5, 6, 7]
-    assert [row["metadata"]["params"]["seed"] for row in read_jsonl(out)] == [5, 6, 7, 5, 6, 7]
+        asked = [entry.body["seed"] for entry in server.log]
+        # stable: the same seed, prompt and sample index ask the same seed again
+        again = collect(config(prompts, tmp_path / "again.jsonl", server.base_url, n=3, seed=5, temperature=0.8,
+                               cache=tmp_path / "fresh.sqlite"))  # fmt: skip
+    assert len(set(asked)) == 6 and all(0 <= seed < 2**31 for seed in asked)
+    rows = read_jsonl(out)
+    assert sorted(row["metadata"]["params"]["seed"] for row in rows) == sorted(asked)
+    assert again.answered == 6
+    assert [row["metadata"]["params"]["seed"] for row in read_jsonl(tmp_path / "again.jsonl")] == [
+        row["metadata"]["params"]["seed"] for row in rows
+    ]
     # the first sample keeps the cache key of a one-sample run, so that run's answers are not asked again
     single = collect(config(prompts, tmp_path / "single.jsonl", server.base_url, n=1, seed=5, temperature=0.8,
                             cache=out.with_name(out.name + ".cache.sqlite")))  # fmt: skip

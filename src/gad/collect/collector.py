@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -133,12 +134,24 @@ class CollectConfig:
     def cache_path(self) -> Path:
         return self.cache or self.out.with_name(self.out.name + ".cache.sqlite")
 
-    def sampling_params(self, sample_index: int = 0) -> dict[str, Any]:
-        """The parameters that, with model, messages and sample index, determine an answer (the cache key). With a
-        seed, sample k is asked with ``seed + k``: one seed for all would make an endpoint that honours it answer the
-        same n times."""
-        seed = None if self.seed is None else self.seed + sample_index
+    def sampling_params(self, sample_index: int = 0, prompt: str = "") -> dict[str, Any]:
+        """The parameters that, with model, messages and sample index, determine an answer (the cache key).
+
+        With a seed, each (prompt, sample) pair is asked with a seed of its own, derived from ``seed``, the prompt and
+        the sample index. One seed for the n samples of a prompt would make an endpoint that honours it answer the same
+        n times; one seed for every prompt gives every answer the same random numbers, so that a whole collection
+        leans the same way (the persona benchmark's teacher used its persona 29 % to 55 % of the time, depending on
+        the seed, over 160 test prompts).
+        """
+        seed = None if self.seed is None else derived_seed(self.seed, prompt, sample_index)
         return {"temperature": self.temperature, "max_tokens": self.max_tokens, "top_p": self.top_p, "seed": seed}
+
+
+def derived_seed(seed: int, prompt: str, sample_index: int) -> int:
+    """A request's seed: stable for (seed, prompt, sample index), unrelated between prompts; 31 bits, which every
+    endpoint that takes a seed accepts."""
+    digest = hashlib.sha256(f"{seed}\0{sample_index}\0{prompt}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1
 
 
 @dataclass
@@ -265,7 +278,7 @@ def _jobs(config: CollectConfig, rows: list[PromptRow]) -> list[_Job]:
         first = copies[marker] * config.n
         copies[marker] += 1
         for index in range(config.n):
-            params = config.sampling_params(first + index)
+            params = config.sampling_params(first + index, marker)
             jobs.append(_Job(TeacherCache.key(config.model, row.messages, params, first + index), row, index, params))
     return jobs
 
