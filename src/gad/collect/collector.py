@@ -74,7 +74,10 @@ class CollectConfig:
     temperature: float | None = field(default=None, metadata={"help": "sampling temperature (server default)"})
     max_tokens: int | None = field(default=None, metadata={"help": "longest answer in tokens (server default)"})
     top_p: float | None = field(default=None, metadata={"help": "nucleus sampling (server default)"})
-    seed: int | None = field(default=None, metadata={"help": "sampling seed, for endpoints that honour it"})
+    seed: int | None = field(
+        default=None,
+        metadata={"help": "sampling seed (endpoints that honour it); each answer gets its own, derived from it"},
+    )
     system: str | None = field(default=None, metadata={"help": "system prompt added to prompts that have none"})
     cache: Path | None = field(default=None, metadata={"help": "answer cache (default OUT.cache.sqlite)"})
     timeout: float = field(default=120.0, metadata={"help": "seconds per request"})
