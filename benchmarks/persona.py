@@ -810,14 +810,15 @@ def warmup_difference(seed: dict) -> float | None:
 
 def paired_differences(seeds: list[dict], method: str, which: str = "chosen", base: str = "seqkd") -> dict:
     """Paired differences (method - SeqKD, or another ``base``; ``which`` checkpoints of seeds that have both) with
-    their 95 % intervals."""
-    both = [(m, b) for s in seeds
+    their 95 % intervals, and the seeds they pair."""
+    both = {s["seed"]: (m, b) for s in seeds
             if (m := (s["methods"].get(method) or {}).get(which)) and
-            (b := (s["methods"].get(base) or {}).get(which))]  # fmt: skip
+            (b := (s["methods"].get(base) or {}).get(which))}  # fmt: skip
     return {
-        "c2st_points_closer": paired_interval([abs(b["c2st"] - 50) - abs(m["c2st"] - 50) for m, b in both]),
-        "style_pass": paired_interval([m["style_pass"] - b["style_pass"] for m, b in both]),
-        "degenerate": paired_interval([m["degenerate"] - b["degenerate"] for m, b in both]),
+        "paired_seeds": list(both),
+        "c2st_points_closer": paired_interval([abs(b["c2st"] - 50) - abs(m["c2st"] - 50) for m, b in both.values()]),
+        "style_pass": paired_interval([m["style_pass"] - b["style_pass"] for m, b in both.values()]),
+        "degenerate": paired_interval([m["degenerate"] - b["degenerate"] for m, b in both.values()]),
     }
 
 
@@ -840,7 +841,8 @@ def print_table(merged: dict) -> None:
         print(f"\nPaired with SeqKD ({which} checkpoints): mean [95 % interval]")
         for name, entry in entries.items():
             print(f"{name:<{width}}" + "  ".join(f"{key} {_interval(entry[key])}" for key in
-                                              ("c2st_points_closer", "style_pass", "degenerate")))  # fmt: skip
+                                              ("c2st_points_closer", "style_pass", "degenerate")) +
+                  f"  (seeds {entry['paired_seeds']})")  # fmt: skip
     print("\nGoals (gad)")
     print_goals(merged["goals"])
     for name, variant in merged.get("variants", {}).items():

@@ -111,6 +111,9 @@ def test_one_seed_then_merge(collected, tmp_path):
     chosen = [(s["methods"]["gad"]["chosen"], s["methods"]["seqkd"]["chosen"]) for s in (saved, written[1])]
     expected = [abs(b["c2st"] - 50) - abs(g["c2st"] - 50) for g, b in chosen if g and b]
     assert merged["paired"]["c2st_points_closer"]["per_seed"] == pytest.approx(expected)
+    assert merged["paired"]["paired_seeds"] == [
+        s["seed"] for s in (saved, written[1]) if s["methods"]["gad"]["chosen"] and s["methods"]["seqkd"]["chosen"]
+    ]
     last = [(s["methods"]["gad"]["last"], s["methods"]["seqkd"]["last"]) for s in (saved, written[1])]
     assert set(merged["paired_last"]) == {"gad", "gad_top", "oracle_rl"}
     assert merged["paired_last"]["gad"]["degenerate"]["per_seed"] == pytest.approx(
@@ -118,7 +121,9 @@ def test_one_seed_then_merge(collected, tmp_path):
     )
     assert all(isinstance(g["met"], bool) for g in merged["goals"].values())
     diagnosis = merged["diagnosis_oracle_rl"]  # seed 0's files joined; seed 1 has no oracle run
-    assert set(diagnosis) == {"c2st_points_closer", "style_pass", "degenerate", "warmup_c2st_max_difference"}
+    assert set(diagnosis) == {"paired_seeds", "c2st_points_closer", "style_pass", "degenerate",
+                             "warmup_c2st_max_difference"}  # fmt: skip
+    assert diagnosis["paired_seeds"] == ([0] if oracle["chosen"] and seqkd["chosen"] else [])
     assert diagnosis["warmup_c2st_max_difference"] == {"0": 0.0}
     assert [p["methods"] for p in merged["per_seed"][0]["parts"]] == [["gad", "seqkd"], ["gad_top", "oracle_rl"]]
     assert [k for k in merged["table"] if k.endswith("/last")] == ["seqkd/last", "gad/last", "gad_top/last",
