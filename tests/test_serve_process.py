@@ -21,6 +21,7 @@ import httpx
 import psutil
 import pytest
 
+from gad.errors import GadError
 from gad.serve import TeacherServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,6 +135,27 @@ def test_an_exception_inside_with_stops_the_server(fake_server):
     assert not server.running and gone_within(pid, 3)
 
 
+def test_a_stopped_server_leaves_no_temporary_log_and_a_failed_start_keeps_it(fake_server, tiny_model_dir):
+    server = fake_server()
+    with server:
+        log = server.log_path
+        assert log.exists()
+    assert not log.exists() and server.log_path is None
+
+    class CrashingServer(TeacherServer):
+        def command(self):
+            return [sys.executable, "-c", "import sys; print('no model here', flush=True); sys.exit(3)"]
+
+    crashing = CrashingServer(tiny_model_dir)
+    with pytest.raises(GadError, match="exited with status 3: no model here") as failure:
+        crashing.start()
+    log = crashing.log_path
+    try:
+        assert str(log) in str(failure.value) and "no model here" in log.read_text()
+    finally:
+        log.unlink()
+
+
 @pytest.mark.parametrize("use_with", [True, False], ids=["with", "start-only"])
 def test_a_parent_stopped_by_sigterm_leaves_no_server(tmp_path, fake_script, tiny_model_dir, use_with):
     with_block, plain = "with FakeTeacherServer(MODEL) as server:\n    ", "server = FakeTeacherServer(MODEL).start()\n"
@@ -193,11 +215,11 @@ def test_a_parent_killed_outright_leaves_no_server(tmp_path, tiny_model_dir):
     body = f"""
 import time
 from gad.serve import TeacherServer
-server = TeacherServer({str(tiny_model_dir)!r}, startup_timeout=120).start()
+server = TeacherServer({str(tiny_model_dir)!r}, startup_timeout=120, log_path={str(tmp_path / "server.log")!r}).start()
 print(server.pid, flush=True)
 time.sleep(600)
 """
-    parent, pid = run_parent(tmp_path, body)
+    parent, pid = run_parent(tmp_path, body)  # its own log: a parent killed outright cannot remove a temporary one
     parent.kill()  # no atexit, no signal handler: only the server's own parent watch can notice
     parent.wait(timeout=10)
     assert gone_within(pid, 6)

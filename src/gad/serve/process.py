@@ -41,6 +41,7 @@ class TeacherServer:
     raises :class:`GadError` with the server's last log lines if it exits or does not come up within
     ``startup_timeout`` seconds. ``base_url`` ends in ``/v1``, ready for :class:`gad.collect.ChatClient`.
     ``batching=False`` generates one request at a time (``--no-batching``); ``threads`` sets torch's thread count.
+    Without ``log_path`` the server logs to a temporary file, removed on stop unless a failed start named it.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class TeacherServer:
         self._process: subprocess.Popen | None = None
         self._model_id: str | None = None
         self._log_handle: Any = None
+        self._temporary_log = False  # a log file this object made up, to be removed on stop
 
     @property
     def base_url(self) -> str:
@@ -109,7 +111,7 @@ class TeacherServer:
         if self.log_path is None:
             handle, name = tempfile.mkstemp(prefix="gad-teacher-", suffix=".log")
             os.close(handle)
-            self.log_path = Path(name)
+            self.log_path, self._temporary_log = Path(name), True
         self._log_handle = self.log_path.open("wb")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self._process = subprocess.Popen(
@@ -131,7 +133,11 @@ class TeacherServer:
         health = self.base_url.removesuffix("/v1") + "/health"
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise GadError(f"the teacher server exited with status {self._process.returncode}: {self.log_tail()}")
+                self._temporary_log = False  # named in the error below: the user's to read
+                raise GadError(
+                    f"the teacher server exited with status {self._process.returncode}: {self.log_tail()} "
+                    f"(its log: {self.log_path})"
+                )
             try:
                 if httpx.get(health, timeout=2.0).status_code == 200:
                     return
@@ -170,6 +176,9 @@ class TeacherServer:
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
+            if self._temporary_log:  # nothing left in /tmp unless an error message named the file
+                self.log_path.unlink(missing_ok=True)
+                self.log_path, self._temporary_log = None, False
 
     def __enter__(self) -> TeacherServer:
         return self.start()
