@@ -155,6 +155,19 @@ def test_a_stopped_server_leaves_no_temporary_log_and_a_failed_start_keeps_it(fa
     finally:
         log.unlink()
 
+    class StuckServer(TeacherServer):
+        def command(self):
+            return [sys.executable, "-c", "import time; print('still loading', flush=True); time.sleep(60)"]
+
+    stuck = StuckServer(tiny_model_dir, startup_timeout=3)
+    with pytest.raises(GadError, match="did not answer .* within 3 s: still loading") as failure:
+        stuck.start()
+    log = stuck.log_path
+    try:
+        assert not stuck.running and str(log) in str(failure.value) and "still loading" in log.read_text()
+    finally:
+        log.unlink()
+
 
 @pytest.mark.parametrize("use_with", [True, False], ids=["with", "start-only"])
 def test_a_parent_stopped_by_sigterm_leaves_no_server(tmp_path, fake_script, tiny_model_dir, use_with):

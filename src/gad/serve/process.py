@@ -41,7 +41,7 @@ class TeacherServer:
     raises :class:`GadError` with the server's last log lines if it exits or does not come up within
     ``startup_timeout`` seconds. ``base_url`` ends in ``/v1``, ready for :class:`gad.collect.ChatClient`.
     ``batching=False`` generates one request at a time (``--no-batching``); ``threads`` sets torch's thread count.
-    Without ``log_path`` the server logs to a temporary file, removed on stop unless a failed start named it.
+    Without ``log_path`` the server logs to a temporary file, removed on stop unless a failed start's error named it.
     """
 
     def __init__(
@@ -133,18 +133,18 @@ class TeacherServer:
         health = self.base_url.removesuffix("/v1") + "/health"
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                self._temporary_log = False  # named in the error below: the user's to read
-                raise GadError(
-                    f"the teacher server exited with status {self._process.returncode}: {self.log_tail()} "
-                    f"(its log: {self.log_path})"
-                )
+                raise self._start_failed(f"exited with status {self._process.returncode}")
             try:
                 if httpx.get(health, timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise GadError(f"the teacher server did not answer on {health} within {self.startup_timeout:g} s")
+        raise self._start_failed(f"did not answer on {health} within {self.startup_timeout:g} s")
+
+    def _start_failed(self, what: str) -> GadError:
+        self._temporary_log = False  # the error names the log: it is the user's to read, stop() keeps it
+        return GadError(f"the teacher server {what}: {self.log_tail()} (its log: {self.log_path})")
 
     @property
     def running(self) -> bool:
