@@ -26,9 +26,10 @@ TESTS = Path(__file__).resolve().parent
 RECIPE = REPO / "recipes" / "tiny-cpu.yaml"
 DISCRIMINATOR_LR = yaml.safe_load(RECIPE.read_text())["warmup"]["discriminator_learning_rate"]  # gad's is the same
 LAUNCH_TIMEOUT_S = 240
-# 2 processes x (8 samples = 2 prompts x 4) per step
+# 2 processes x (8 samples = 2 prompts x 4) per step; the teacher-relative reward adds the reward's scoring of the
+# teacher answers to the passes that a sharded discriminator must make in step on every process
 SHORT = ["warmup.max_steps=2", "warmup.d_only_steps=1", "gad.max_steps=4", "per_device_train_batch_size=8",
-         "logging_steps=1", "save_steps=2"]  # fmt: skip
+         "logging_steps=1", "save_steps=2", "gad.reward_transform=logsigmoid_vs_teacher"]  # fmt: skip
 
 
 def _launch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

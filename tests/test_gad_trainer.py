@@ -400,21 +400,23 @@ def test_flags_rise_warn_once_and_clear(tmp_path, tiny_model_dir, tiny_train_fil
     assert sum("length_warning_ratio" in m for m in messages) == 2  # too short, then (after clearing) too long
 
 
-def test_logsigmoid_reward_bounds_the_students_reward_and_leaves_the_discriminator_alone(
+def test_bounded_rewards_bound_the_students_reward_and_leave_the_discriminator_alone(
     tmp_path, tiny_model_dir, tiny_train_file
 ):
     runs = {}
-    for transform in ("raw", "logsigmoid"):
+    for transform in ("raw", "logsigmoid", "logsigmoid_vs_teacher"):
         trainer = _trainer(
             "gad", GADConfig, tmp_path / transform, tiny_model_dir, tiny_train_file,
             max_steps=1, discriminator_learning_rate=1e-3, reward_transform=transform,
         )  # fmt: skip
         trainer.train()
         runs[transform] = next(row for row in trainer.state.log_history if "d_loss" in row)
-    raw, bounded = runs["raw"], runs["logsigmoid"]
+    raw, bounded, relative = runs["raw"], runs["logsigmoid"], runs["logsigmoid_vs_teacher"]
     assert raw["reward"] == pytest.approx(raw["d_student_score"], abs=1e-5)  # the raw score is the reward
     for key in ("d_loss", "d_acc", "d_student_score", "d_teacher_score"):  # same samples, same discriminator update
         assert bounded[key] == pytest.approx(raw[key], rel=1e-5, abs=1e-6), key
+        assert relative[key] == pytest.approx(raw[key], rel=1e-5, abs=1e-6), key
+    assert relative["reward"] < 0 and relative["reward"] != pytest.approx(bounded["reward"], abs=1e-4)
     # mean(log sigmoid(D)) <= log sigmoid(mean D) (concavity), and log sigmoid < 0.
     assert bounded["reward"] < 0
     assert bounded["reward"] <= torch.nn.functional.logsigmoid(torch.tensor(raw["d_student_score"])).item() + 1e-6

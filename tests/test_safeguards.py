@@ -5,6 +5,7 @@ test_gad_trainer.py."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -107,6 +108,19 @@ def test_logsigmoid_reward_is_the_bounded_transform_of_the_raw_score(discriminat
     assert all(r < 0 for r in bounded_rewards)
     # The discriminator's update still sees the raw scores.
     assert bounded.last_batch["scores"].tolist() == pytest.approx(raw_rewards, abs=1e-6)
+
+
+def test_logsigmoid_vs_teacher_reward_compares_each_sample_with_its_prompts_teacher_answer(discriminator):
+    reward = DiscriminatorReward(discriminator, batch_size=4, transform="logsigmoid_vs_teacher")
+    prompts = [PROMPTS[0], PROMPTS[0], PROMPTS[1], PROMPTS[1]]
+    teachers = [TEACHERS[0], TEACHERS[0], TEACHERS[1], TEACHERS[1]]
+    samples = [TEACHERS[0], SAMPLES[0], SAMPLES[1], TEACHERS[1]]
+    rewards = reward(prompts, _completions(samples), teacher_response=teachers)
+    scores, teacher_scores = discriminator.score(prompts, samples), discriminator.score(prompts, teachers)
+    assert rewards == pytest.approx(F.logsigmoid(scores - teacher_scores).tolist(), abs=1e-5)
+    # A sample that is its prompt's teacher answer passes for it with probability 1/2, whatever the scores.
+    assert rewards[0] == pytest.approx(-math.log(2), abs=1e-5) and rewards[3] == pytest.approx(-math.log(2), abs=1e-5)
+    assert reward.last_batch["scores"].tolist() == pytest.approx(scores.tolist(), abs=1e-5)  # the update sees D
 
 
 def test_style_regex_oracle_rewards_matches_and_still_scores_for_the_discriminator(discriminator):

@@ -301,9 +301,12 @@ class GADConfig(_PaperTraining, GRPOConfig, _StudentData):
     reward_transform: str = field(
         default="raw",
         metadata=_help(
-            "How the discriminator's score D becomes the student's reward: 'raw' (D, the paper's) or 'logsigmoid' "
+            "How the discriminator's score D becomes the student's reward: 'raw' (D, the paper's), 'logsigmoid' "
             "(log sigmoid(D), GAIL's bounded reward: at most 0, so a discriminator that drifts to large scores cannot "
-            "hand out large rewards)."
+            "hand out large rewards) or 'logsigmoid_vs_teacher' (log sigmoid(D - D_t), D_t the score of the teacher's "
+            "answer to the same prompt: the Bradley-Terry log-probability that the sample passes for it, flat once a "
+            "sample scores above it, so that out-doing the teacher earns nothing; pair it with scale_rewards=batch or "
+            "none, since a per-group scale would blow the flat differences back up)."
         ),
     )
     reward_source: str = field(

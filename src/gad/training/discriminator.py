@@ -33,9 +33,17 @@ logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
 LOSSES = ("bradley_terry", "cross_entropy")
-# How a discriminator score becomes a GRPO reward: the raw score (the paper's), or log sigmoid(D), GAIL's bounded
-# reward (at most 0, flat where the discriminator is sure a sample is the teacher's, steep where it is sure it is not).
-REWARD_TRANSFORMS = {"raw": lambda scores: scores, "logsigmoid": F.logsigmoid}
+# How a discriminator score D becomes a GRPO reward, given D_t, the score of the teacher's answer to the same prompt:
+# the raw score (the paper's); log sigmoid(D), GAIL's bounded reward (at most 0, flat where the discriminator is sure a
+# sample is the teacher's, steep where it is sure it is not); or log sigmoid(D - D_t), the Bradley-Terry
+# log-probability that the sample passes for the teacher's answer, which flattens once a sample scores above that
+# answer, so that out-doing the teacher earns nothing.
+REWARD_TRANSFORMS = {
+    "raw": lambda scores, teacher_scores: scores,
+    "logsigmoid": lambda scores, teacher_scores: F.logsigmoid(scores),
+    "logsigmoid_vs_teacher": lambda scores, teacher_scores: F.logsigmoid(scores - teacher_scores),
+}
+TEACHER_RELATIVE_TRANSFORMS = ("logsigmoid_vs_teacher",)  # these score the teacher's answers too
 
 
 def bradley_terry_loss(teacher_scores: torch.Tensor, student_scores: torch.Tensor, group: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ from gad.training.callbacks import CompleteCheckpoints
 from gad.training.config import ZERO3_UNSUPPORTED, GADConfig, discriminator_compute
 from gad.training.discriminator import (
     REWARD_TRANSFORMS,
+    TEACHER_RELATIVE_TRANSFORMS,
     Discriminator,
     DiscriminatorStats,
     DiscriminatorUpdater,
@@ -71,8 +72,9 @@ def style_matches(pattern: re.Pattern, texts: list[str]) -> list[float]:
 
 class DiscriminatorReward:
     """GRPO reward function: the discriminator's raw score of each (prompt, student sample), or ``transform`` of it
-    (a name in ``REWARD_TRANSFORMS``). With ``oracle``, a regular expression, the reward is 1 for a sample that
-    matches it and 0 otherwise: a sanity check of the RL loop, not GAD; the discriminator still scores the batch.
+    (a name in ``REWARD_TRANSFORMS``; those in ``TEACHER_RELATIVE_TRANSFORMS`` also score each prompt's teacher
+    answer). With ``oracle``, a regular expression, the reward is 1 for a sample that matches it and 0 otherwise: a
+    sanity check of the RL loop, not GAD; the discriminator still scores the batch.
 
     It also keeps the batch, with the raw scores, so that the trainer can update the discriminator on the very samples
     it just scored.
@@ -92,6 +94,7 @@ class DiscriminatorReward:
         self.batch_size = batch_size
         self.keep_graph = keep_graph
         self.transform = REWARD_TRANSFORMS[transform]
+        self.vs_teacher = transform in TEACHER_RELATIVE_TRANSFORMS
         self.oracle = re.compile(oracle) if oracle is not None else None
         # Set by the trainer when the discriminator is sharded: called with the number of sequences this process
         # scored, it pads with forward passes up to the busiest process's (every process gathers in every pass).
@@ -120,7 +123,17 @@ class DiscriminatorReward:
         }
         if self.oracle is not None:
             return style_matches(self.oracle, texts)
-        return self.transform(scores.detach()).tolist()
+        return self.transform(scores.detach(), self._teacher_scores(prompts, teacher_response)).tolist()
+
+    def _teacher_scores(self, prompts, teachers) -> torch.Tensor | None:
+        """Each sample's teacher answer's score, each answer scored once; None when the transform needs none."""
+        if not self.vs_teacher:
+            return None
+        unique_prompts, unique_teachers, group, _ = _group_by_prompt(list(prompts), list(teachers))
+        scores = self.discriminator.score(unique_prompts, unique_teachers, batch_size=self.batch_size)
+        if self.even_out is not None:
+            self.even_out(len(unique_teachers))
+        return scores[torch.as_tensor(group, device=scores.device)]
 
 
 class GADTrainer(CompleteCheckpoints, GRPOTrainer):
